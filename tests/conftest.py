@@ -1,0 +1,61 @@
+"""Shared fixtures: config files by path, tiny configs on the embedded digits, real-data root."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+from vae_jax import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def load_config_dict(name: str):
+    """``get_config()`` of ``configs/<name>.py`` as an ml-collections ConfigDict."""
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", CONFIGS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def tiny(name: str = "quickstart", **sections) -> config_lib.Config:
+    """A shipped config shrunk to seconds on the embedded digits; ``sections`` override fields,
+    e.g. ``tiny(train=dict(num_epochs=2))``."""
+    c = load_config_dict(name)
+    c.data.name = "digits"
+    c.data.manual_dir = ""
+    if c.data.scale != "symmetric" and c.model.likelihood == "bernoulli":
+        c.data.scale = "unit"
+    c.model.hidden = (32,)
+    c.model.conv_channels = (8, 16, 16)
+    c.train.batch_size = 100
+    c.train.num_epochs = 3
+    c.train.eval_every_epochs = 1
+    c.train.checkpoint_every_epochs = 1
+    c.train.progress = False
+    c.train.figures = False
+    c.eval.batch_size = 100
+    for section, fields in sections.items():
+        for k, v in fields.items():
+            setattr(getattr(c, section), k, v) if section != "top" else setattr(c, k, v)
+    return config_lib.from_config_dict(c)
+
+
+def replace(cfg: config_lib.Config, **sections) -> config_lib.Config:
+    """``cfg`` with fields of sections replaced: ``replace(cfg, train=dict(num_epochs=5))``."""
+    return dataclasses.replace(
+        cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> pathlib.Path:
+    """The raw dataset files (``VAE_JAX_DATASETS``); skips only when they are absent."""
+    root = os.environ.get("VAE_JAX_DATASETS", "")
+    if not root or not (pathlib.Path(root) / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("real MNIST files absent: set VAE_JAX_DATASETS to a folder with mnist/ (e.g. ../shared/datasets)")
+    return pathlib.Path(root)

@@ -1,0 +1,61 @@
+"""The VAE family: a diagonal-Gaussian posterior q(z|x) = N(μ, diag σ²) from (μ, log σ²), a
+standard-normal prior and a per-pixel likelihood on the decoder's outputs."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from vae_jax import likelihoods, networks, objectives
+from vae_jax.config import ModelConfig
+
+
+def make_encoder(cfg: ModelConfig) -> nn.Module:
+    if cfg.network == "conv":
+        return networks.ConvEncoder(cfg.conv_channels, cfg.conv_strides, cfg.activation, cfg.init)
+    return networks.MLP(cfg.hidden, cfg.activation, cfg.init)
+
+
+def make_decoder(cfg: ModelConfig, image_shape: tuple[int, int, int], out_channels: int) -> nn.Module:
+    hw = tuple(image_shape[:2])
+    if cfg.network == "conv":
+        return networks.ConvDecoder(cfg.conv_channels, cfg.conv_strides, hw, out_channels,
+                                    cfg.activation, cfg.init)
+    return networks.MLPDecoder(tuple(reversed(cfg.hidden)), hw, out_channels, cfg.activation, cfg.init)
+
+
+class VAE(nn.Module):
+    cfg: ModelConfig
+    image_shape: tuple[int, int, int]
+
+    def setup(self):
+        self.encoder = make_encoder(self.cfg)
+        self.posterior = networks.Dense(2 * self.cfg.latent_dim, self.cfg.init)
+        self.decoder = make_decoder(
+            self.cfg, self.image_shape,
+            likelihoods.from_config(self.cfg).params_per_channel * self.image_shape[-1])
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(μ, log σ²) of q(z|x), each [B, latent_dim]."""
+        h = self.encoder(x)
+        out = self.posterior(h)
+        return out[..., : self.cfg.latent_dim], out[..., self.cfg.latent_dim:]
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Likelihood parameters for a batch of codes [B, d] -> [B, H, W, k·C]."""
+        return self.decoder(z)
+
+    def __call__(self, x: jax.Array, num_samples: int = 1) -> dict[str, jax.Array]:
+        mu, logvar = self.encode(x)
+        z = objectives.reparameterize(self.make_rng("noise"), mu, logvar, num_samples)
+        params = self.decoder(z.reshape(-1, z.shape[-1])).reshape(num_samples, *x.shape[:-1], -1)
+        return {"mu": mu, "logvar": logvar, "z": z, "params": params}
+
+
+def terms(model: VAE, params, batch: dict[str, jax.Array], key: jax.Array,
+          num_samples: int) -> dict[str, jax.Array]:
+    """Per-example ELBO terms of ``batch['image']`` under ``params``."""
+    x = batch["image"]
+    out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
+    log_px = likelihoods.from_config(model.cfg).log_prob(out["params"], x[None])
+    return objectives.elbo_terms(log_px, objectives.gaussian_kl(out["mu"], out["logvar"]))

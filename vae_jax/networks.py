@@ -1,0 +1,144 @@
+"""MLP and convolutional blocks shared by every model family.
+
+Encoders map an image batch [B, H, W, C] to a feature vector; decoders map a vector to an image
+batch with ``out_channels`` channels (the likelihood's parameters per pixel). Both are plain Flax
+Linen modules, so ``init``/``apply`` give and take ordinary parameter pytrees.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "swish": nn.swish,
+    "leaky_relu": nn.leaky_relu,
+}
+
+
+def _torch_bias_init(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def dense(features: int, fan_in: int, init: str, name: str | None = None) -> nn.Dense:
+    """A Dense layer; ``init='torch'`` reproduces PyTorch's nn.Linear initialisation exactly
+    (kaiming_uniform(a=sqrt(5)) kernel, U(±1/sqrt(fan_in)) bias) for like-for-like comparisons."""
+    if init == "torch":
+        return nn.Dense(features, name=name,
+                        kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                        bias_init=_torch_bias_init(fan_in))
+    return nn.Dense(features, name=name)
+
+
+def _conv_kwargs(init: str, fan_in: int) -> dict:
+    if init == "torch":
+        return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                    bias_init=_torch_bias_init(fan_in))
+    return {}
+
+
+class Dense(nn.Module):
+    """:func:`dense` with the fan-in read off the input at call time."""
+
+    features: int
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return dense(self.features, x.shape[-1], self.init)(x)
+
+
+class MLP(nn.Module):
+    """Hidden Dense layers with an activation after each; flattens its input."""
+
+    hidden: Sequence[int]
+    activation: str = "relu"
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        act = ACTIVATIONS[self.activation]
+        for width in self.hidden:
+            x = act(Dense(width, self.init)(x))
+        return x
+
+
+class MLPDecoder(nn.Module):
+    """Vector -> hidden layers -> image of shape ``image_hw + (out_channels,)``."""
+
+    hidden: Sequence[int]
+    image_hw: tuple[int, int]
+    out_channels: int
+    activation: str = "relu"
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = MLP(self.hidden, self.activation, self.init)(z)
+        size = self.image_hw[0] * self.image_hw[1] * self.out_channels
+        out = Dense(size, self.init)(h)
+        return out.reshape(z.shape[0], *self.image_hw, self.out_channels)
+
+
+class ConvEncoder(nn.Module):
+    """Conv layers (4×4 kernels for stride 2, 3×3 for stride 1) -> flattened features.
+
+    The seed-004 recipe is channels (32, 64, 128) with strides (2, 2, 1) on 28×28 inputs.
+    """
+
+    channels: Sequence[int]
+    strides: Sequence[int]
+    activation: str = "relu"
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for ch, s in zip(self.channels, self.strides):
+            k = 4 if s == 2 else 3
+            x = act(nn.Conv(ch, (k, k), strides=(s, s), padding="SAME",
+                            **_conv_kwargs(self.init, k * k * x.shape[-1]))(x))
+        return x.reshape(x.shape[0], -1)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: Dense to a small feature map, transposed convs up to
+    ``image_hw``, then a 3×3 conv to ``out_channels``."""
+
+    channels: Sequence[int]  # the encoder's channels; used in reverse
+    strides: Sequence[int]
+    image_hw: tuple[int, int]
+    out_channels: int
+    activation: str = "relu"
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        down = 2 ** sum(1 for s in self.strides if s == 2)
+        h, w = self.image_hw
+        if h % down or w % down:
+            raise ValueError(f"image size {h}x{w} is not divisible by the conv downsampling {down}")
+        ch = list(reversed(self.channels))
+        x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
+        x = x.reshape(z.shape[0], h // down, w // down, ch[0])
+        for out_ch, s in zip(ch[1:] + [ch[-1]], reversed(self.strides)):
+            k = 4 if s == 2 else 3
+            x = act(nn.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME",
+                                     **_conv_kwargs(self.init, k * k * x.shape[-1]))(x))
+        return nn.Conv(self.out_channels, (3, 3), padding="SAME",
+                       **_conv_kwargs(self.init, 9 * x.shape[-1]))(x)

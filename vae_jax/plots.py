@@ -1,0 +1,104 @@
+"""Matplotlib figures from numpy arrays. Nothing here knows about models or JAX: callers decode
+images and pass them in, so every figure can be tested on hand-made arrays."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def tile(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
+    """[rows*cols, H, W, C] images in [0, 1] -> one [rows*(H+pad)-pad, cols*(W+pad)-pad, C] mosaic."""
+    images = np.asarray(images, np.float32)
+    n, h, w, c = images.shape
+    if n != rows * cols:
+        raise ValueError(f"tile needs {rows * cols} images, got {n}")
+    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad, c), np.float32)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        out[r * (h + pad): r * (h + pad) + h, k * (w + pad): k * (w + pad) + w] = images[i]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _show(ax, mosaic: np.ndarray) -> None:
+    if mosaic.shape[-1] == 1:
+        ax.imshow(mosaic[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def image_grid(images: np.ndarray, rows: int, cols: int, path: str, title: str = "") -> str:
+    """A rows×cols grid of images (e.g. 8×8 prior samples)."""
+    fig, ax = plt.subplots(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.6))
+    _show(ax, tile(images, rows, cols))
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def reconstructions(inputs: np.ndarray, recons: np.ndarray, path: str) -> str:
+    """Inputs (top row of each pair) against their reconstructions (bottom row)."""
+    n = len(inputs)
+    cols = min(n, 8)
+    rows = n // cols
+    pairs = []
+    for r in range(rows):
+        pairs.append(inputs[r * cols:(r + 1) * cols])
+        pairs.append(recons[r * cols:(r + 1) * cols])
+    fig, ax = plt.subplots(figsize=(cols * 0.6 + 0.4, 2 * rows * 0.6 + 0.6))
+    _show(ax, tile(np.concatenate(pairs), 2 * rows, cols))
+    ax.set_title("inputs (odd rows) / reconstructions (even rows)")
+    return _save(fig, path)
+
+
+def strips(rows_of_images: Sequence[np.ndarray], path: str, title: str = "",
+           row_labels: Sequence[str] | None = None) -> str:
+    """Several equal-length image strips, one per row (interpolations, traversals)."""
+    rows = len(rows_of_images)
+    cols = len(rows_of_images[0])
+    fig, ax = plt.subplots(figsize=(cols * 0.6 + 0.8, rows * 0.6 + 0.6))
+    _show(ax, tile(np.concatenate(list(rows_of_images)), rows, cols))
+    if row_labels is not None:
+        h = rows_of_images[0].shape[1] + 1
+        ax.set_yticks([i * h + h / 2 for i in range(rows)])
+        ax.set_yticklabels(row_labels)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str, title: str = "") -> str:
+    """2-D codes coloured by label (the caller projects larger latents, e.g. by PCA)."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(z[:, 0], z[:, 1], c=labels if labels is not None else "tab:blue",
+                    cmap="tab10", s=3, alpha=0.7)
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, ticks=range(int(labels.max()) + 1), label="label")
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title or "posterior means")
+    return _save(fig, path)
+
+
+def manifold(images: np.ndarray, n: int, extent: float, path: str) -> str:
+    """An n×n grid of images decoded on a regular grid of a 2-D latent space; row 0 is the top
+    (largest z[1]), column 0 the left (smallest z[0])."""
+    fig, ax = plt.subplots(figsize=(7, 7))
+    _show(ax, tile(images, n, n, pad=0))
+    ax.set_title(f"decoded 2-D latent grid, z in [-{extent}, {extent}]²")
+    return _save(fig, path)

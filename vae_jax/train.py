@@ -1,0 +1,303 @@
+"""Train state, the compiled epoch (a ``lax.scan`` over steps), and the resumable training loop.
+
+Randomness: one base key per run (``jax.random.key(config.seed)``), stored in the state as raw
+key data. Inside the compiled step the key is ``fold_in(base, step)``, split into named streams
+(``"noise"`` for the reparameterization ε, ``"binarize"`` for dynamic binarization); shuffling uses
+``fold_in(stream(base, "shuffle"), epoch)``. Nothing is split on the host, so a resumed run draws
+exactly the numbers an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import checkpoint, data, evaluate, models, objectives
+from vae_jax.config import Config, ConfigError, OptimConfig
+from vae_jax.metrics import MetricWriter
+from vae_jax.rng import stream
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf; the message names the step and the metric."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw key data of the run's base key (uint32), so Orbax can store it
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    if cfg.name == "adam":
+        opt = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    elif cfg.name == "adamw":
+        opt = optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                          weight_decay=cfg.weight_decay)
+    else:
+        opt = optax.sgd(cfg.learning_rate, momentum=cfg.b1 or None)
+    if cfg.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+    return opt
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything built from a config and a dataset's shape: model, objective, optimizer."""
+
+    cfg: Config
+    family: models.Family
+    model: Any
+    tx: optax.GradientTransformation
+    image_shape: tuple[int, int, int]
+
+    @classmethod
+    def build(cls, cfg: Config, image_shape: tuple[int, int, int]) -> "Experiment":
+        family = models.get(cfg.model.family)
+        if cfg.model.network == "conv":
+            down = 2 ** sum(1 for s in cfg.model.conv_strides if s == 2)
+            if image_shape[0] % down or image_shape[1] % down:
+                raise ConfigError(
+                    f"config.model.conv_strides={cfg.model.conv_strides!r}: downsample by {down}, "
+                    f"which does not divide the {image_shape[0]}x{image_shape[1]} images of "
+                    f"{cfg.data.name}")
+        return cls(cfg, family, family.build(cfg, image_shape), make_optimizer(cfg.optim),
+                   tuple(image_shape))
+
+    def init_state(self) -> TrainState:
+        base = jax.random.key(self.cfg.seed)
+        dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
+        params = self.model.init({"params": stream(base, "init"), "noise": stream(base, "init_noise")},
+                                 dummy)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), rng=jax.random.key_data(base))
+
+    def prepare(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        """Device-side preprocessing of a batch of [0, 1] images: binarize, then scale."""
+        if self.cfg.data.binarization == "dynamic":
+            x = data.binarize(x, key)
+        return data.scale(x, self.cfg.data.scale)
+
+    def loss_fn(self, params, batch: dict[str, jax.Array], key: jax.Array):
+        terms = self.family.terms(self.model, params, batch, key, self.cfg.objective.num_samples)
+        loss = objectives.beta_vae_loss(terms, self.cfg.objective.beta)
+        return loss, terms
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        """One optimizer step on a batch of [0, 1] images (``batch['image']``)."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        batch = dict(batch, image=self.prepare(batch["image"], stream(key, "binarize")))
+        (loss, terms), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            state.params, batch, stream(key, "noise"))
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "recon": jnp.mean(terms["recon"]),
+            "kl": jnp.mean(terms["kl"]),
+            "elbo": jnp.mean(terms["elbo"]),
+            "beta": jnp.asarray(self.cfg.objective.beta, jnp.float32),
+            "kl_per_dim": jnp.mean(terms["kl_per_dim"], axis=0),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def train_epoch(self, state: TrainState, images: jax.Array, labels: jax.Array | None,
+                    epoch: jax.Array) -> tuple[TrainState, dict]:
+        """All steps of one epoch as a single ``lax.scan``: shuffle on device, gather each batch,
+        step. Returns per-step metrics (arrays with a leading [steps] axis)."""
+        n = images.shape[0]
+        bs = self.cfg.train.batch_size
+        steps = n // bs
+        base = jax.random.wrap_key_data(state.rng)
+        perm = jax.random.permutation(jax.random.fold_in(stream(base, "shuffle"), epoch), n)
+        idx = perm[: steps * bs].reshape(steps, bs)
+
+        def body(st, i):
+            batch = {"image": images[i]}
+            if labels is not None:
+                batch["label"] = labels[i]
+            return self.train_step(st, batch)
+
+        return jax.lax.scan(body, state, idx)
+
+
+def _check_finite(metrics: dict[str, np.ndarray], first_step: int) -> None:
+    for name in ("loss", "recon", "kl", "elbo"):
+        bad = ~np.isfinite(metrics[name])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise NonFiniteLossError(
+                f"non-finite {name}={metrics[name][i]} at step {first_step + i + 1}; the last good "
+                f"checkpoint is kept (lower optim.learning_rate or set optim.grad_clip_norm)")
+
+
+def _device_data(ds: data.Dataset) -> tuple[jax.Array, jax.Array | None]:
+    labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels, jnp.int32)
+    return jnp.asarray(ds.train_images, jnp.float32), labels
+
+
+def load_data(cfg: Config) -> data.Dataset:
+    return data.load(cfg.data.name, train_split=cfg.data.train_split or None,
+                     test_split=cfg.data.test_split or None, data_dir=cfg.data.data_dir or None,
+                     manual_dir=cfg.data.manual_dir or None)
+
+
+def _check_sizes(cfg: Config, ds: data.Dataset) -> int:
+    n = len(ds.train_images)
+    if cfg.train.batch_size > n:
+        raise ConfigError(f"config.train.batch_size={cfg.train.batch_size}: larger than the "
+                          f"{n} training images of {ds.name} ({ds.train_split})")
+    return n // cfg.train.batch_size
+
+
+def _write_config(cfg: Config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    new = cfg.to_dict()
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if json.loads(json.dumps(new)) != old:
+            log.warning("config differs from the one stored in %s; continuing with the new one", path)
+    with open(path, "w") as f:
+        json.dump(new, f, indent=2, sort_keys=True)
+
+
+def train_and_evaluate(cfg: Config, workdir: str,
+                       on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Trains ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns the final
+    summary (also written to ``<workdir>/summary.json``)."""
+    os.makedirs(workdir, exist_ok=True)
+    ds = load_data(cfg)
+    steps_per_epoch = _check_sizes(cfg, ds)
+    exp = Experiment.build(cfg, ds.image_shape)
+    _write_config(cfg, workdir)
+
+    ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
+    abstract = jax.eval_shape(exp.init_state)
+    restored = ckpt.restore_latest(abstract)
+    if restored is None:
+        state = jax.jit(exp.init_state)()
+        start_epoch = 0
+    else:
+        step, state = restored
+        if step % steps_per_epoch:
+            raise checkpoint.CheckpointError(
+                f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
+                f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
+        start_epoch = step // steps_per_epoch
+        log.info("resumed from step %d (epoch %d)", step, start_epoch)
+
+    writer = MetricWriter(workdir)
+    if start_epoch == 0:
+        writer.write_hparams(cfg.to_dict(), workdir)
+    images, labels = _device_data(ds)
+    evaluator = evaluate.TestELBO(exp, ds)
+
+    t0 = time.perf_counter()
+    epoch_fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(
+        state, images, labels, jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {}
+    bar = _progress(cfg, start_epoch)
+    try:
+        for epoch in range(start_epoch, cfg.train.num_epochs):
+            t = time.perf_counter()
+            first_step = epoch * steps_per_epoch
+            new_state, metrics = epoch_fn(state, images, labels, jnp.int32(epoch))
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t
+            _check_finite(metrics, first_step)
+            state = new_state
+            step = first_step + steps_per_epoch
+            done = epoch + 1
+            train = {k: float(np.mean(v)) for k, v in metrics.items() if k != "kl_per_dim"}
+            train["images_per_s"] = steps_per_epoch * cfg.train.batch_size / seconds
+            train["epoch"] = done
+            if epoch == start_epoch:
+                train["compile_s"] = compile_s
+            writer.write(step, "train", train)
+            writer.write(step, "train_kl_per_dim",
+                         {f"z{d}": v for d, v in enumerate(np.mean(metrics["kl_per_dim"], 0))})
+            if done % cfg.train.eval_every_epochs == 0 or done == cfg.train.num_epochs:
+                summary = evaluator(state.params, step, done)
+                writer.write(step, "test", summary)
+            if done % cfg.train.checkpoint_every_epochs == 0 or done == cfg.train.num_epochs:
+                ckpt.save(step, state)
+            bar(done, train, summary)
+            if on_epoch_end is not None:
+                on_epoch_end(done)
+    finally:
+        writer.close()
+        ckpt.close()
+
+    if not summary:  # already finished earlier: evaluate the restored parameters
+        summary = evaluator(state.params, int(state.step), cfg.train.num_epochs)
+    if cfg.train.figures:
+        evaluate.write_figures(exp, state.params, ds, os.path.join(workdir, "figures"))
+    summary = dict(summary, step=int(state.step),
+                   metadata=dict(evaluator.metadata(cfg.train.num_epochs),
+                                 train_wall_s_this_process=round(time.perf_counter() - t0, 2),
+                                 compile_s=round(compile_s, 2)))
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def evaluate_workdir(cfg: Config, workdir: str) -> dict[str, Any]:
+    """Restores the latest checkpoint of ``workdir`` and writes ``eval.json`` and figures."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise checkpoint.CheckpointError(f"no checkpoints in {workdir}: train there first")
+    ds = load_data(cfg)
+    exp = Experiment.build(cfg, ds.image_shape)
+    ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(jax.eval_shape(exp.init_state))
+    ckpt.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(f"no checkpoints in {ckpt_dir}: train there first")
+    step, state = restored
+    epochs = step // _check_sizes(cfg, ds)
+    t = time.perf_counter()
+    evaluator = evaluate.TestELBO(exp, ds)
+    out = dict(evaluator(state.params, step, epochs), step=step)
+    evaluate.write_figures(exp, state.params, ds, os.path.join(workdir, "figures"))
+    out["metadata"] = dict(evaluator.metadata(epochs), wall_s=round(time.perf_counter() - t, 2))
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def _progress(cfg: Config, start_epoch: int) -> Callable[[int, dict, dict], None]:
+    """A tqdm bar over epochs showing the loss, images/s and the latest test ELBO."""
+    if not cfg.train.progress:
+        return lambda *a: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.train.num_epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True,
+               mininterval=0.5)
+
+    def update(done: int, train: dict, test: dict) -> None:
+        post = {"loss": f"{train['loss']:.2f}", "img/s": f"{train['images_per_s']:,.0f}"}
+        if test:
+            post["test_elbo"] = f"{test['elbo']:.2f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+        if done == cfg.train.num_epochs:
+            bar.close()
+
+    return update
