@@ -8,10 +8,10 @@ Config fields are overridden with ``--config.section.field=value``.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vae_jax import checkpoint, config, data, train
@@ -31,7 +31,7 @@ def run(argv) -> int:
     if _CONFIG.value is None or not _WORKDIR.value:
         print("error: both --config and --workdir are required", file=sys.stderr)
         return 2
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     try:
         cfg = config.from_config_dict(_CONFIG.value)  # fails before anything compiles
         if _MODE.value == "train":
