@@ -87,12 +87,14 @@ def main(argv=None) -> int:
     labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels)
     state = jax.jit(exp.init_state)()
     t = time.perf_counter()
-    fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(state, images, labels, jnp.int32(0)).compile()
+    hp = train.hyperparams(cfg)
+    fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(state, hp, images, labels, jnp.int32(0),
+                                                           exp.data_key()).compile()
     compile_s = time.perf_counter() - t
     times = []
     for e in range(a.epochs):
         t = time.perf_counter()
-        state, m = fn(state, images, labels, jnp.int32(e))
+        state, m = fn(state, hp, images, labels, jnp.int32(e), exp.data_key())
         loss = float(np.mean(jax.device_get(m["loss"])))
         times.append(time.perf_counter() - t)
         print(f"epoch {e + 1}: {times[-1]:.3f} s  {steps * cfg.train.batch_size / times[-1]:,.0f} img/s"

@@ -136,7 +136,8 @@ def test_golden_one_step_metrics():
     ds = train.load_data(cfg)
     exp = train.Experiment.build(cfg, ds.image_shape)
     state = jax.jit(exp.init_state)()
-    _, m = jax.jit(exp.train_step)(state, {"image": jnp.asarray(ds.train_images[:100])})
+    _, m = jax.jit(exp.train_step)(state, {"image": jnp.asarray(ds.train_images[:100])},
+                                   train.hyperparams(cfg))
     assert float(m["recon"]) == pytest.approx(47.47942, rel=1e-4)
     assert float(m["kl"]) == pytest.approx(0.26502, rel=1e-3)
     assert float(m["elbo"]) == pytest.approx(-47.74444, rel=1e-4)
@@ -155,8 +156,9 @@ def test_epoch_compiles_once():
 
     fn = jax.jit(counted, donate_argnums=0)
     state = jax.jit(exp.init_state)()
+    hp = train.hyperparams(cfg)
     for e in range(3):
-        state, m = fn(state, images, labels, jnp.int32(e))
+        state, m = fn(state, hp, images, labels, jnp.int32(e), exp.data_key())
     assert len(traces) == 1
     assert int(state.step) == 3 * 15
     assert m["loss"].shape == (15,)

@@ -15,11 +15,16 @@ from typing import Any
 
 import ml_collections
 
-FAMILIES = ("vae",)
+FAMILIES = ("vae", "cvae", "hvae", "vqvae", "ae", "dae")
 NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "leaky_relu")
 INITS = ("lecun", "torch")
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace", "logistic")
+CVAE_PRIORS = ("standard", "learned")
+HVAE_INFERENCE = ("ladder", "bottom_up")
+OBJECTIVES = ("elbo", "iwae")
+SCHEDULES = ("constant", "linear", "cyclical", "capacity")
+LABELLED = ("digits", "mnist", "fashion_mnist")  # datasets with class labels
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist")
 BINARIZATIONS = ("none", "dynamic")
 SCALES = ("unit", "symmetric")
@@ -43,10 +48,12 @@ class DataConfig:
     manual_dir: str = ""  # folder with the raw files (or a root holding <name>/ folders)
     binarization: str = "none"  # 'dynamic' = a fresh Bernoulli draw each time an image is used
     eval_binarization_seed: int = 0  # fixes the test set's binarization under 'dynamic'
+    shuffle_seed: int = -1  # seed of the data order; -1 = config.seed (a population shares one order)
     scale: str = "unit"  # 'unit' keeps [0, 1]; 'symmetric' maps to [-1, 1]
 
     def validate(self) -> None:
         _choice("data.name", self.name, DATASETS)
+        _min_int("data.shuffle_seed", self.shuffle_seed, -1)
         _choice("data.binarization", self.binarization, BINARIZATIONS)
         _choice("data.scale", self.scale, SCALES)
         if self.binarization == "dynamic" and self.name == "binarized_mnist":
@@ -58,17 +65,33 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    family: str = "vae"
+    family: str = "vae"  # see FAMILIES
     network: str = "mlp"
     hidden: tuple[int, ...] = (400,)  # MLP hidden widths (encoder; the decoder mirrors them)
     conv_channels: tuple[int, ...] = (32, 64, 128)  # conv encoder channels; decoder mirrors
     conv_strides: tuple[int, ...] = (2, 2, 1)
-    latent_dim: int = 20
+    latent_dim: int = 20  # vae/cvae/ae/dae: size of z; vqvae: number of code vectors per image
     activation: str = "relu"
     init: str = "lecun"  # 'torch' reproduces PyTorch nn.Linear / nn.Conv2d initialisation
     likelihood: str = "bernoulli"
     sigma: float = 1.0  # fixed scale of the 'gaussian' (std) and 'laplace' (b) likelihoods
-    min_log_sigma: float = -7.0  # floor on the learned log-scale of 'gaussian_learned'
+    min_log_sigma: float = -7.0  # soft floor on learned log-scales ('gaussian_learned', 'logistic')
+    # cvae: the prior p(z|y): 'standard' N(0, I) for every class, or 'learned' N(μ_y, σ_y²)
+    cvae_prior: str = "standard"
+    # hvae: stochastic layer sizes bottom (z_1, next to x) to top; model.hidden is the
+    # deterministic MLP between x and z_1, upper_hidden the MLP between z_i and z_{i+1}
+    hvae_latents: tuple[int, ...] = (100, 50)
+    upper_hidden: tuple[int, ...] = (100, 100)
+    # 'ladder': q(z_i|x, z_{i+1}) merges bottom-up and top-down by precision (Sønderby et al. 2016);
+    # 'bottom_up': q(z_1|x) q(z_2|z_1) ... , each from the sample below (Burda et al. 2015)
+    hvae_inference: str = "ladder"
+    # vqvae: codebook of vq_num_codes vectors of size vq_code_dim; latent_dim codes per image
+    vq_num_codes: int = 128
+    vq_code_dim: int = 16
+    vq_commitment: float = 0.25  # β of the commitment loss (van den Oord et al. 2017)
+    vq_ema: bool = False  # codebook by exponential moving averages instead of its loss
+    vq_decay: float = 0.99
+    dae_noise: float = 0.3  # dae: std of the Gaussian noise added to the input
 
     def validate(self) -> None:
         _choice("model.family", self.family, FAMILIES)
@@ -76,28 +99,67 @@ class ModelConfig:
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.init", self.init, INITS)
         _choice("model.likelihood", self.likelihood, LIKELIHOODS)
+        _choice("model.cvae_prior", self.cvae_prior, CVAE_PRIORS)
+        _choice("model.hvae_inference", self.hvae_inference, HVAE_INFERENCE)
         _positive_ints("model.hidden", self.hidden, allow_empty=True)
         _positive_ints("model.conv_channels", self.conv_channels)
         _positive_ints("model.conv_strides", self.conv_strides)
+        _positive_ints("model.hvae_latents", self.hvae_latents)
+        _positive_ints("model.upper_hidden", self.upper_hidden, allow_empty=True)
         if len(self.conv_strides) != len(self.conv_channels):
             _fail("model.conv_strides", self.conv_strides,
                   f"needs one stride per conv layer ({len(self.conv_channels)})")
         if any(s not in (1, 2) for s in self.conv_strides):
             _fail("model.conv_strides", self.conv_strides, "strides must be 1 or 2")
         _min_int("model.latent_dim", self.latent_dim, 1)
+        _min_int("model.vq_num_codes", self.vq_num_codes, 2)
+        _min_int("model.vq_code_dim", self.vq_code_dim, 1)
         if not self.sigma > 0 or not math.isfinite(self.sigma):
             _fail("model.sigma", self.sigma, "must be a finite number > 0")
+        if not (self.vq_commitment >= 0 and math.isfinite(self.vq_commitment)):
+            _fail("model.vq_commitment", self.vq_commitment, "must be a finite number >= 0")
+        if not 0 < self.vq_decay < 1:
+            _fail("model.vq_decay", self.vq_decay, "must be in (0, 1)")
+        if not (self.dae_noise >= 0 and math.isfinite(self.dae_noise)):
+            _fail("model.dae_noise", self.dae_noise, "must be a finite number >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
+    """The training objective. ``beta``, ``free_bits``, ``warmup_steps``, ``cycle_steps``,
+    ``capacity_max`` and the learning rate are batchable: they enter the compiled step as arrays
+    (``train.hyperparams``), so a population trains several values in one program."""
+
+    name: str = "elbo"  # 'elbo', or 'iwae': the k-sample importance-weighted bound (k = num_samples)
     beta: float = 1.0  # weight of the KL term in the training loss (the logged ELBO is unweighted)
-    num_samples: int = 1  # L, Monte Carlo samples of z per datapoint
+    num_samples: int = 1  # L Monte Carlo samples of z per datapoint (k for 'iwae')
+    schedule: str = "constant"  # the KL weight over steps, see SCHEDULES
+    warmup_steps: int = 10000  # 'linear': β rises from 0 to beta over this many steps
+    cycle_steps: int = 10000  # 'cyclical': length of one cycle (Fu et al. 2019)
+    cycle_ratio: float = 0.5  # 'cyclical': fraction of a cycle spent rising; the rest at beta
+    free_bits: float = 0.0  # λ: KL floor in nats per dimension (or group); 0 = off
+    free_bits_group: int = 1  # dimensions per free-bits group (1 = per dimension)
+    capacity_max: float = 25.0  # 'capacity': C rises linearly from 0 to this (nats)
+    capacity_steps: int = 100000  # 'capacity': steps over which C rises
+    capacity_gamma: float = 1000.0  # 'capacity': γ in γ·|KL − C| (Burgess et al. 2018)
 
     def validate(self) -> None:
+        _choice("objective.name", self.name, OBJECTIVES)
+        _choice("objective.schedule", self.schedule, SCHEDULES)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             _fail("objective.beta", self.beta, "must be a finite number >= 0")
         _min_int("objective.num_samples", self.num_samples, 1)
+        for f in ("warmup_steps", "cycle_steps", "capacity_steps", "free_bits_group"):
+            _min_int(f"objective.{f}", getattr(self, f), 1)
+        if not 0 < self.cycle_ratio <= 1:
+            _fail("objective.cycle_ratio", self.cycle_ratio, "must be in (0, 1]")
+        for f in ("free_bits", "capacity_max", "capacity_gamma"):
+            v = getattr(self, f)
+            if not (v >= 0 and math.isfinite(v)):
+                _fail(f"objective.{f}", v, "must be a finite number >= 0")
+        if self.name == "iwae" and (self.schedule != "constant" or self.beta != 1.0 or self.free_bits):
+            _fail("objective.name", self.name, "the IWAE bound takes no KL weighting: use "
+                  "schedule 'constant', beta 1 and free_bits 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,12 +206,69 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 1000
+    """``--mode eval``: which evaluators run (names from ``vae_jax.evaluate.EVALUATORS``, checked
+    there before anything compiles) and their settings."""
+
+    batch_size: int = 1000  # test images per compiled call
     num_samples: int = 1  # posterior samples per image for the test ELBO
+    evaluators: tuple[str, ...] = ("test_elbo", "importance_sampling", "collapse", "reconstruction",
+                                   "smoothness", "figures")
+    k: int = 5000  # importance samples per image for log p(x) (Burda et al. 2015 report k = 5000)
+    chunk: int = 10  # importance samples per scan step: memory ~ chunk * batch_size decoder outputs
+    num_images: int = 0  # evaluate the first N test images only; 0 = the whole split
+    active_unit_threshold: float = 0.01  # a latent is active when Cov_x(E_q[z_d]) exceeds this
+    collapse_threshold: float = 0.1  # nats: a latent is collapsed when its mean KL is below this
+    num_pairs: int = 8  # image pairs for the interpolation smoothness metric and figure
+    interpolation_steps: int = 10  # points on each posterior-mean path (seed 004: 10)
 
     def validate(self) -> None:
         _min_int("eval.batch_size", self.batch_size, 1)
         _min_int("eval.num_samples", self.num_samples, 1)
+        if not self.evaluators or any(not v for v in self.evaluators) or len(
+                set(self.evaluators)) != len(self.evaluators):
+            _fail("eval.evaluators", self.evaluators, "must be a non-empty sequence of distinct names")
+        _min_int("eval.k", self.k, 1)
+        _min_int("eval.chunk", self.chunk, 1)
+        _min_int("eval.num_images", self.num_images, 0)
+        _min_int("eval.num_pairs", self.num_pairs, 1)
+        _min_int("eval.interpolation_steps", self.interpolation_steps, 2)
+        for f in ("active_unit_threshold", "collapse_threshold"):
+            v = getattr(self, f)
+            if not (v >= 0 and math.isfinite(v)):
+                _fail(f"eval.{f}", v, "must be a finite number >= 0")
+
+
+# Fields a population member may set (dotted config paths): they enter the compiled step as
+# arrays (``train.hyperparams``; the seed as the member's key stream), so members differing only
+# in these share one compiled program (``vae_jax.population``).
+POPULATION_FIELDS = ("seed", "objective.beta", "optim.learning_rate", "objective.free_bits",
+                     "objective.warmup_steps", "objective.cycle_steps", "objective.capacity_max",
+                     "objective.capacity_steps", "objective.capacity_gamma")
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationConfig:
+    """Members trained together in one compiled program (``vae_jax.population``). Each member is
+    a dict of overrides of :data:`POPULATION_FIELDS`, e.g.
+    ``({"objective.beta": 0.5}, {"objective.beta": 2.0, "seed": 1})``; a field a member leaves out
+    keeps the config's value. Empty: a single run. Members share one data order
+    (``data.shuffle_seed``, default the config's seed); each draws its noise from its own seed.
+    On the command line: ``--config.population.members="({'objective.beta': 0.5}, ...)"``."""
+
+    members: tuple[dict[str, Any], ...] = ()
+    # evaluators (names in vae_jax.evaluate.EVALUATORS) run on every member after training,
+    # written to members/<name>/eval.json; checked before anything compiles
+    evaluators: tuple[str, ...] = ("collapse", "smoothness")
+
+    def validate(self) -> None:
+        if any(not v for v in self.evaluators) or len(set(self.evaluators)) != len(self.evaluators):
+            _fail("population.evaluators", self.evaluators, "must be a sequence of distinct names")
+        seen: dict[tuple, int] = {}
+        for i, m in enumerate(self.members):
+            key = tuple(sorted(m.items()))
+            if key in seen:
+                _fail(f"population.members[{i}]", m, f"duplicates member {seen[key]}")
+            seen[key] = i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +280,7 @@ class Config:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    population: PopulationConfig = PopulationConfig()
 
     def validate(self) -> None:
         _min_int("seed", self.seed, 0)
@@ -176,6 +296,27 @@ class Config:
                   "dynamically binarized data needs 'bernoulli'")
         if self.model.likelihood == "bernoulli" and self.data.scale != "unit":
             _fail("data.scale", self.data.scale, "the 'bernoulli' likelihood needs data in [0, 1] ('unit')")
+        if self.model.likelihood == "logistic" and (self.data.scale != "symmetric"
+                                                    or self.data.name == "binarized_mnist"):
+            _fail("model.likelihood", self.model.likelihood, "the discretized logistic models 8-bit "
+                  "images scaled to [-1, 1]: use data.scale 'symmetric' on a grayscale dataset")
+        if self.model.family == "cvae" and self.data.name not in LABELLED:
+            _fail("model.family", self.model.family, f"a CVAE needs class labels and "
+                  f"{self.data.name} has none; use one of {', '.join(LABELLED)}")
+        no_kl = ("vqvae", "ae", "dae")
+        if self.model.family in no_kl and self.objective.name == "iwae":
+            _fail("objective.name", self.objective.name,
+                  f"the IWAE bound needs a stochastic encoder; family '{self.model.family}' has none")
+        if self.model.family in no_kl and (self.objective.schedule != "constant"
+                                           or self.objective.free_bits):
+            _fail("objective.schedule", self.objective.schedule, f"family '{self.model.family}' "
+                  "has no KL term to schedule (use 'constant' and free_bits 0)")
+
+        for i, member in enumerate(member_configs(self)):  # each member is a valid config
+            try:
+                member.validate()
+            except ConfigError as e:
+                raise ConfigError(f"config.population.members[{i}]: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,12 +379,80 @@ def _coerce(field: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             _fail(field, value, "must be a string")
         return value
-    if typing.get_origin(hint) is tuple:
+    if typing.get_origin(hint) is dict:  # a population member: {dotted field: value}
+        return _coerce_member(field, value)
+    if typing.get_origin(hint) is tuple and typing.get_origin(typing.get_args(hint)[0]) is dict:
         if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
-            _fail(field, value, "must be a sequence of integers")
+            _fail(field, value, "must be a sequence of dicts of field overrides")
+        return tuple(_coerce(f"{field}[{i}]", v, typing.get_args(hint)[0]) for i, v in enumerate(value))
+    if typing.get_origin(hint) is tuple:
         (inner, _) = typing.get_args(hint)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            _fail(field, value, "must be a sequence of " + ("strings" if inner is str else "integers"))
         return tuple(_coerce(field, v, inner) for v in value)
     raise TypeError(f"unsupported config type {hint} for {field}")  # a bug in this module
+
+
+def field_type(path: str) -> Any:
+    """The type of the dotted config field ``path`` ('seed', 'objective.beta'); None if unknown."""
+    parts = path.split(".")
+    cls: Any = Config
+    for i, name in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if name not in hints:
+            return None
+        cls = hints[name]
+        if dataclasses.is_dataclass(cls) != (i < len(parts) - 1):
+            return None
+    return cls
+
+
+def _coerce_member(field: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        _fail(field, value, "must be a dict of field overrides, e.g. {'objective.beta': 0.5}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or field_type(k) is None:
+            _fail(f"{field}[{k!r}]", v, f"unknown field; a member may set {', '.join(POPULATION_FIELDS)}")
+        if k not in POPULATION_FIELDS:
+            _fail(f"{field}[{k!r}]", v, "not batchable (it changes the compiled program: make it a "
+                  f"separate run); a member may set {', '.join(POPULATION_FIELDS)}")
+        out[k] = _coerce(f"{field}[{k!r}]", v, field_type(k))
+    return out
+
+
+def coerce_field(path: str, value: Any, where: str = "") -> Any:
+    """``value`` checked and converted for the dotted config field ``path`` (ConfigError if the
+    field does not exist or the type is wrong); ``where`` names the field in the message."""
+    hint = field_type(path) if isinstance(path, str) else None
+    if hint is None:
+        _fail(where or str(path), value, "unknown field")
+    return _coerce(where or path, value, hint)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``cfg`` with dotted fields replaced, e.g. ``{"objective.beta": 2.0, "seed": 1}`` (values
+    as given: coerce and validate separately)."""
+    top = {k: v for k, v in overrides.items() if "." not in k}
+    sections: dict[str, dict[str, Any]] = {}
+    for k, v in overrides.items():
+        if "." in k:
+            section, name = k.split(".", 1)
+            sections.setdefault(section, {})[name] = v
+    return dataclasses.replace(cfg, **top, **{
+        s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+
+
+def member_configs(cfg: Config) -> list[Config]:
+    """One single-run config per population member (none for an empty population): the member's
+    overrides applied, ``population.members`` emptied and ``data.shuffle_seed`` pinned to the
+    population's data order, so ``train.train_and_evaluate`` on it trains exactly that member."""
+    if not cfg.population.members:
+        return []
+    shuffle = cfg.data.shuffle_seed if cfg.data.shuffle_seed >= 0 else cfg.seed
+    base = dataclasses.replace(cfg, population=dataclasses.replace(cfg.population, members=()),
+                               data=dataclasses.replace(cfg.data, shuffle_seed=shuffle))
+    return [with_overrides(base, m) for m in cfg.population.members]
 
 
 def from_config_dict(raw: ml_collections.ConfigDict | dict) -> Config:

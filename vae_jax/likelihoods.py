@@ -3,6 +3,7 @@
 Each likelihood says how many decoder channels it needs per image channel, how to turn those
 outputs into a log-density summed over pixels (one number per image, in nats), what image to show
 (the mean) and how to sample. All are numerically stable in the decoder's raw outputs.
+'logistic' gives a log-probability of 8-bit levels (a mass, not a density).
 """
 
 from __future__ import annotations
@@ -72,6 +73,44 @@ def laplace_log_prob(loc: jax.Array, log_b: jax.Array, x: jax.Array) -> jax.Arra
     return _sum_pixels(-jnp.abs(x - loc) * jnp.exp(-log_b) - log_b - math.log(2.0))
 
 
+_HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 levels of an 8-bit image in [-1, 1]
+
+
+def discretized_logistic_log_prob(mean: jax.Array, log_scale: jax.Array, x: jax.Array) -> jax.Array:
+    """Σ_pixels log P(x) for x on the 256-level grid of [-1, 1] (bin width 2/255) under a
+    logistic(μ, s) discretized into the bins (Salimans et al. 2017, one mixture component):
+
+        P(x) = σ((x − μ + 1/255)/s) − σ((x − μ − 1/255)/s)   for −1 < x < 1,
+        P(−1) = σ((−1 − μ + 1/255)/s),   P(1) = 1 − σ((1 − μ − 1/255)/s),
+
+    so the 256 probabilities sum to 1 for any μ, s. Stability: PixelCNN++ subtracts the two cdfs
+    and falls back to log pdf + log(2/255) when the difference drops below 1e-5 (an approximation
+    with a small jump at the switch). Here the difference is factored exactly instead,
+
+        σ(a) − σ(b) = σ(a) σ(−b) (1 − e^{−(a−b)}),   a − b = 2/(255 s) > 0,
+
+    whose log, −softplus(−a) − softplus(b) + log(−expm1(−(a − b))), is finite and accurate for
+    any μ, s and x in float32: it never underflows to log 0 and needs no fallback."""
+    inv_s = jnp.exp(-log_scale)
+    centered = x - mean
+    a = inv_s * (centered + _HALF_BIN)  # upper bin edge
+    b = inv_s * (centered - _HALF_BIN)  # lower bin edge
+    log_cdf_upper = -jax.nn.softplus(-a)  # log σ(a): the whole left tail, for x = −1
+    log_sf_lower = -jax.nn.softplus(b)  # log(1 − σ(b)): the whole right tail, for x = 1
+    log_mid = log_cdf_upper + log_sf_lower + jnp.log(-jnp.expm1(-2.0 * _HALF_BIN * inv_s))
+    lp = jnp.where(x < -0.999, log_cdf_upper, jnp.where(x > 0.999, log_sf_lower, log_mid))
+    return _sum_pixels(lp)
+
+
+def discretized_logistic_sample(mean: jax.Array, log_scale: jax.Array, key: jax.Array) -> jax.Array:
+    """A draw from the discretized logistic: a logistic sample clipped to [-1, 1] and rounded to
+    the nearest of the 256 levels."""
+    u = jax.random.uniform(key, mean.shape, mean.dtype, minval=1e-5, maxval=1.0 - 1e-5)
+    x = jnp.clip(mean + jnp.exp(log_scale) * (jnp.log(u) - jnp.log1p(-u)), -1.0, 1.0)
+    level = jnp.round((x + 1.0) * 127.5)  # 0..255
+    return jnp.clip(level * (2.0 / 255.0) - 1.0, -1.0, 1.0)  # the clip absorbs float rounding
+
+
 def _split(params: jax.Array) -> tuple[jax.Array, jax.Array]:
     c = params.shape[-1] // 2
     return params[..., :c], params[..., c:]
@@ -97,6 +136,14 @@ def make(name: str, sigma: float = 1.0, min_log_sigma: float = -7.0) -> Likeliho
             lambda p: _split(p)[0],
             lambda p, key: _split(p)[0] + jnp.exp(ls(p)) * jax.random.normal(
                 key, _split(p)[0].shape, p.dtype))
+    if name == "logistic":
+        def lsl(p):  # the same soft floor as 'gaussian_learned' on the log-scale
+            return min_log_sigma + jax.nn.softplus(_split(p)[1] - min_log_sigma)
+
+        return Likelihood(
+            name, 2, lambda p, x: discretized_logistic_log_prob(_split(p)[0], lsl(p), x),
+            lambda p: jnp.clip(_split(p)[0], -1.0, 1.0),
+            lambda p, key: discretized_logistic_sample(_split(p)[0], lsl(p), key))
     if name == "laplace":
         return Likelihood(
             name, 1, lambda p, x: laplace_log_prob(p, jnp.full_like(p, log_s), x), lambda p: p,

@@ -3,6 +3,8 @@
 ``--mode train`` (default) trains and evaluates, resuming from the workdir's latest checkpoint;
 ``--mode eval`` restores the latest checkpoint and writes the test metrics and figures.
 Config fields are overridden with ``--config.section.field=value``.
+With ``population.members`` set, ``--mode train`` trains all members in one compiled program and
+``--mode eval`` evaluates each (see ``vae_jax.population``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vae_jax import checkpoint, config, data, train
+from vae_jax import checkpoint, config, data, population, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -34,10 +36,12 @@ def run(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     try:
         cfg = config.from_config_dict(_CONFIG.value)  # fails before anything compiles
+        pop = bool(cfg.population.members)  # members: one compiled program for all of them
         if _MODE.value == "train":
-            summary = train.train_and_evaluate(cfg, _WORKDIR.value)
+            fn = population.train_and_evaluate if pop else train.train_and_evaluate
         else:
-            summary = train.evaluate_workdir(cfg, _WORKDIR.value)
+            fn = population.evaluate_workdir if pop else train.evaluate_workdir
+        summary = fn(cfg, _WORKDIR.value)
     except _USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

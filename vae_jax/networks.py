@@ -94,6 +94,16 @@ class MLPDecoder(nn.Module):
         return out.reshape(z.shape[0], *self.image_hw, self.out_channels)
 
 
+# Conv trunks by input size: (channels, strides) for ModelConfig.conv_channels / conv_strides.
+# 28×28 is seed 004's recipe (28 → 14 → 7 → 7); 32×32 halves three times (32 → 4) and 64×64
+# four times (64 → 4), so every decoder starts from a 4×4 or 7×7 map. Any channel count works.
+CONV_PRESETS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    28: ((32, 64, 128), (2, 2, 1)),
+    32: ((32, 64, 128), (2, 2, 2)),
+    64: ((32, 64, 128, 256), (2, 2, 2, 2)),
+}
+
+
 class ConvEncoder(nn.Module):
     """Conv layers (4×4 kernels for stride 2, 3×3 for stride 1) -> flattened features.
 

@@ -4,7 +4,7 @@ images and pass them in, so every figure can be tested on hand-made arrays."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -82,15 +82,16 @@ def strips(rows_of_images: Sequence[np.ndarray], path: str, title: str = "",
     return _save(fig, path)
 
 
-def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str, title: str = "") -> str:
+def latent_scatter(z: np.ndarray, labels: np.ndarray | None, path: str, title: str = "",
+                   axes: tuple[str, str] = ("z[0]", "z[1]")) -> str:
     """2-D codes coloured by label (the caller projects larger latents, e.g. by PCA)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(z[:, 0], z[:, 1], c=labels if labels is not None else "tab:blue",
                     cmap="tab10", s=3, alpha=0.7)
     if labels is not None:
         fig.colorbar(sc, ax=ax, ticks=range(int(labels.max()) + 1), label="label")
-    ax.set_xlabel("z[0]")
-    ax.set_ylabel("z[1]")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     ax.set_title(title or "posterior means")
     return _save(fig, path)
 
@@ -101,4 +102,55 @@ def manifold(images: np.ndarray, n: int, extent: float, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 7))
     _show(ax, tile(images, n, n, pad=0))
     ax.set_title(f"decoded 2-D latent grid, z in [-{extent}, {extent}]²")
+    return _save(fig, path)
+
+
+def image_row(images: np.ndarray, titles: Sequence[str], path: str, title: str = "") -> str:
+    """Images side by side, each with its own caption (e.g. latent arithmetic)."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0))
+    for ax, img, t in zip(np.atleast_1d(axes), images, titles):
+        _show(ax, np.clip(np.asarray(img, np.float32), 0.0, 1.0))
+        ax.set_title(t, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def bars(values: np.ndarray, path: str, title: str = "", xlabel: str = "", ylabel: str = "",
+         threshold: float | None = None) -> str:
+    """One bar per entry (e.g. KL per latent dimension), with an optional dashed threshold."""
+    values = np.asarray(values, np.float64)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(values) + 1.5), 3.0))
+    ax.bar(np.arange(len(values)), values, color="tab:blue")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def line_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+                path: str, title: str = "", xlabel: str = "step", log_x: bool = False,
+                log_y: bool = False) -> str:
+    """Side-by-side panels ``{panel title: {line label: (xs, ys)}}`` (training curves, variance
+    ratios); empty lines are skipped."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (name, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            if len(xs):
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        if any(len(xs) for xs, _ in lines.values()):
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

@@ -3,8 +3,9 @@
 Randomness: one base key per run (``jax.random.key(config.seed)``), stored in the state as raw
 key data. Inside the compiled step the key is ``fold_in(base, step)``, split into named streams
 (``"noise"`` for the reparameterization ε, ``"binarize"`` for dynamic binarization); shuffling uses
-``fold_in(stream(base, "shuffle"), epoch)``. Nothing is split on the host, so a resumed run draws
-exactly the numbers an uninterrupted one would.
+``fold_in(stream(key(data.shuffle_seed), "shuffle"), epoch)`` (shuffle_seed defaults to the seed;
+members of a population share it). Nothing is split on the host, so a resumed run draws exactly
+the numbers an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -40,16 +41,35 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw key data of the run's base key (uint32), so Orbax can store it
+    model_state: Any = flax.struct.field(default_factory=dict)  # non-gradient state (VQ EMA)
+
+
+# Hyperparameters that enter the compiled step as float32 arrays rather than constants, so a
+# population (vmap over members) can give each member its own value.
+BATCHABLE = ("beta", "learning_rate", "free_bits", "warmup_steps", "cycle_steps", "capacity_max",
+             "capacity_steps", "capacity_gamma")
+
+
+def hyperparams(cfg: Config) -> dict[str, jax.Array]:
+    """The batchable hyperparameters of ``cfg`` as float32 scalars."""
+    o = cfg.objective
+    values = dict(beta=o.beta, learning_rate=cfg.optim.learning_rate, free_bits=o.free_bits,
+                  warmup_steps=o.warmup_steps, cycle_steps=o.cycle_steps,
+                  capacity_max=o.capacity_max, capacity_steps=o.capacity_steps,
+                  capacity_gamma=o.capacity_gamma)
+    return {k: jnp.asarray(values[k], jnp.float32) for k in BATCHABLE}
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The update direction; the step multiplies it by −learning_rate from ``hyperparams`` (as
+    optax's own adam/adamw/sgd do last), so the learning rate can differ across a population."""
     if cfg.name == "adam":
-        opt = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+        opt = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     elif cfg.name == "adamw":
-        opt = optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                          weight_decay=cfg.weight_decay)
+        opt = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                          optax.add_decayed_weights(cfg.weight_decay))
     else:
-        opt = optax.sgd(cfg.learning_rate, momentum=cfg.b1 or None)
+        opt = optax.trace(decay=cfg.b1) if cfg.b1 else optax.identity()
     if cfg.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
     return opt
@@ -78,13 +98,15 @@ class Experiment:
         return cls(cfg, family, family.build(cfg, image_shape), make_optimizer(cfg.optim),
                    tuple(image_shape))
 
-    def init_state(self) -> TrainState:
-        base = jax.random.key(self.cfg.seed)
-        dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
-        params = self.model.init({"params": stream(base, "init"), "noise": stream(base, "init_noise")},
-                                 dummy)["params"]
+    def init_state(self, seed: jax.Array | int | None = None) -> TrainState:
+        base = jax.random.key(self.cfg.seed if seed is None else seed)
+        dummy = {"image": jnp.zeros((1, *self.image_shape), jnp.float32),
+                 "label": jnp.zeros((1,), jnp.int32)}
+        params = self.family.init(self.model, {"params": stream(base, "init"),
+                                               "noise": stream(base, "init_noise")}, dummy)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params), rng=jax.random.key_data(base))
+                          opt_state=self.tx.init(params), rng=jax.random.key_data(base),
+                          model_state=self.family.init_state(self.model, params))
 
     def prepare(self, x: jax.Array, key: jax.Array) -> jax.Array:
         """Device-side preprocessing of a batch of [0, 1] images: binarize, then scale."""
@@ -92,45 +114,60 @@ class Experiment:
             x = data.binarize(x, key)
         return data.scale(x, self.cfg.data.scale)
 
-    def loss_fn(self, params, batch: dict[str, jax.Array], key: jax.Array):
-        terms = self.family.terms(self.model, params, batch, key, self.cfg.objective.num_samples)
-        loss = objectives.beta_vae_loss(terms, self.cfg.objective.beta)
-        return loss, terms
+    def terms(self, params, batch: dict[str, jax.Array], key: jax.Array,
+              num_samples: int | None = None) -> dict[str, jax.Array]:
+        """Per-example objective terms of a prepared batch under ``params``."""
+        n = self.cfg.objective.num_samples if num_samples is None else num_samples
+        return self.family.terms(self.model, params, batch, key, n)
 
-    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    def loss_fn(self, params, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array,
+                hp: dict[str, jax.Array]):
+        terms = self.terms(params, batch, key)
+        loss, logged = objectives.training_loss(terms, step, hp, self.cfg.objective)
+        return loss, (terms, logged)
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                   hp: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         """One optimizer step on a batch of [0, 1] images (``batch['image']``)."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         batch = dict(batch, image=self.prepare(batch["image"], stream(key, "binarize")))
-        (loss, terms), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            state.params, batch, stream(key, "noise"))
+        (loss, (terms, logged)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            state.params, batch, stream(key, "noise"), state.step, hp)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: -hp["learning_rate"] * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "recon": jnp.mean(terms["recon"]),
-            "kl": jnp.mean(terms["kl"]),
-            "elbo": jnp.mean(terms["elbo"]),
-            "beta": jnp.asarray(self.cfg.objective.beta, jnp.float32),
-            "kl_per_dim": jnp.mean(terms["kl_per_dim"], axis=0),
-        }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        params, model_state = self.family.post_update(self.model, params, state.model_state, terms)
+        # per-example terms -> batch means; kl_per_dim stays a vector; "log_w" and "_private"
+        # entries (e.g. VQ codebook statistics for post_update) are not metrics
+        metrics = {"loss": loss, **logged}
+        for k, v in terms.items():
+            if k != "log_w" and not k.startswith("_"):
+                metrics[k] = jnp.mean(v, axis=0) if k == "kl_per_dim" else jnp.mean(v)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             model_state=model_state), metrics
 
-    def train_epoch(self, state: TrainState, images: jax.Array, labels: jax.Array | None,
-                    epoch: jax.Array) -> tuple[TrainState, dict]:
-        """All steps of one epoch as a single ``lax.scan``: shuffle on device, gather each batch,
-        step. Returns per-step metrics (arrays with a leading [steps] axis)."""
+    def data_key(self) -> jax.Array:
+        """Raw key data of the data-order stream (``data.shuffle_seed``, default ``seed``)."""
+        seed = self.cfg.data.shuffle_seed if self.cfg.data.shuffle_seed >= 0 else self.cfg.seed
+        return jax.random.key_data(stream(jax.random.key(seed), "shuffle"))
+
+    def train_epoch(self, state: TrainState, hp: dict[str, jax.Array], images: jax.Array,
+                    labels: jax.Array | None, epoch: jax.Array,
+                    data_key: jax.Array) -> tuple[TrainState, dict]:
+        """All steps of one epoch as a single ``lax.scan``: shuffle on device with
+        ``fold_in(data_key, epoch)``, gather each batch, step. Returns per-step metrics (arrays
+        with a leading [steps] axis)."""
         n = images.shape[0]
         bs = self.cfg.train.batch_size
         steps = n // bs
-        base = jax.random.wrap_key_data(state.rng)
-        perm = jax.random.permutation(jax.random.fold_in(stream(base, "shuffle"), epoch), n)
+        perm = jax.random.permutation(jax.random.fold_in(jax.random.wrap_key_data(data_key), epoch), n)
         idx = perm[: steps * bs].reshape(steps, bs)
 
         def body(st, i):
             batch = {"image": images[i]}
             if labels is not None:
                 batch["label"] = labels[i]
-            return self.train_step(st, batch)
+            return self.train_step(st, batch, hp)
 
         return jax.lax.scan(body, state, idx)
 
@@ -208,8 +245,10 @@ def train_and_evaluate(cfg: Config, workdir: str,
     evaluator = evaluate.TestELBO(exp, ds)
 
     t0 = time.perf_counter()
+    hp = hyperparams(cfg)
+    data_key = exp.data_key()
     epoch_fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(
-        state, images, labels, jnp.int32(0)).compile()
+        state, hp, images, labels, jnp.int32(0), data_key).compile()
     compile_s = time.perf_counter() - t0
 
     summary: dict[str, Any] = {}
@@ -218,7 +257,7 @@ def train_and_evaluate(cfg: Config, workdir: str,
         for epoch in range(start_epoch, cfg.train.num_epochs):
             t = time.perf_counter()
             first_step = epoch * steps_per_epoch
-            new_state, metrics = epoch_fn(state, images, labels, jnp.int32(epoch))
+            new_state, metrics = epoch_fn(state, hp, images, labels, jnp.int32(epoch), data_key)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t
             _check_finite(metrics, first_step)
@@ -259,7 +298,9 @@ def train_and_evaluate(cfg: Config, workdir: str,
 
 
 def evaluate_workdir(cfg: Config, workdir: str) -> dict[str, Any]:
-    """Restores the latest checkpoint of ``workdir`` and writes ``eval.json`` and figures."""
+    """Restores the latest checkpoint of ``workdir``, runs the evaluators named in
+    ``cfg.eval.evaluators`` and writes ``eval.json`` and ``figures/``."""
+    evaluate.check_names(cfg.eval.evaluators)  # a wrong name fails before anything loads
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise checkpoint.CheckpointError(f"no checkpoints in {workdir}: train there first")
@@ -271,12 +312,7 @@ def evaluate_workdir(cfg: Config, workdir: str) -> dict[str, Any]:
     if restored is None:
         raise checkpoint.CheckpointError(f"no checkpoints in {ckpt_dir}: train there first")
     step, state = restored
-    epochs = step // _check_sizes(cfg, ds)
-    t = time.perf_counter()
-    evaluator = evaluate.TestELBO(exp, ds)
-    out = dict(evaluator(state.params, step, epochs), step=step)
-    evaluate.write_figures(exp, state.params, ds, os.path.join(workdir, "figures"))
-    out["metadata"] = dict(evaluator.metadata(epochs), wall_s=round(time.perf_counter() - t, 2))
+    out = evaluate.run(exp, ds, state.params, step, step // _check_sizes(cfg, ds), workdir)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(out, f, indent=2)
     return out

@@ -54,8 +54,25 @@ class VAE(nn.Module):
 
 def terms(model: VAE, params, batch: dict[str, jax.Array], key: jax.Array,
           num_samples: int) -> dict[str, jax.Array]:
-    """Per-example ELBO terms of ``batch['image']`` under ``params``."""
+    """Per-example ELBO terms of ``batch['image']`` under ``params``, and the log importance
+    weights log p(x, z_l) − log q(z_l|x) of the L samples."""
     x = batch["image"]
     out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
-    log_px = likelihoods.from_config(model.cfg).log_prob(out["params"], x[None])
-    return objectives.elbo_terms(log_px, objectives.gaussian_kl(out["mu"], out["logvar"]))
+    return gaussian_terms(model.cfg, x, out)
+
+
+def gaussian_terms(cfg: ModelConfig, x: jax.Array, out: dict[str, jax.Array],
+                   prior: tuple[jax.Array, jax.Array] | None = None) -> dict[str, jax.Array]:
+    """ELBO terms for a diagonal-Gaussian posterior ``out`` (mu, logvar, z, params) against the
+    prior N(0, I), or the diagonal Gaussian ``prior`` = (mu, logvar) when given."""
+    log_px = likelihoods.from_config(cfg).log_prob(out["params"], x[None])
+    mu, logvar, z = out["mu"], out["logvar"], out["z"]
+    if prior is None:
+        kl = objectives.gaussian_kl(mu, logvar)
+        log_pz = objectives.diag_gaussian_log_prob(z, 0.0, 0.0)
+    else:
+        kl = objectives.gaussian_kl_to(mu, logvar, *prior)
+        log_pz = objectives.diag_gaussian_log_prob(z, *prior)
+    t = objectives.elbo_terms(log_px, kl)
+    t["log_w"] = log_px + log_pz - objectives.diag_gaussian_log_prob(z, mu, logvar)
+    return t

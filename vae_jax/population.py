@@ -1,0 +1,334 @@
+"""Populations: many members (β values, learning rates, seeds, ...) trained in one compiled program.
+
+A population is a config whose ``population.members`` lists overrides of batchable fields
+(``config.POPULATION_FIELDS``). All members share the architecture, the data and the data order;
+they differ in values that enter the compiled step as arrays (``train.hyperparams``) and in their
+seed (initialisation and noise/binarization key stream). The epoch is ``train.Experiment.
+train_epoch`` under ``jax.vmap`` over stacked states and hyperparameters, with the images, the
+epoch and the data key unbatched: one shuffle and one gather per step for everyone, and the first
+layer's matmul over the shared batch becomes one wide matmul over all members' weights.
+
+Workdir layout (one checkpoint for the whole population, everything else per member, each member
+folder shaped like a single run's workdir, so figures and aggregation treat it as one)::
+
+    <workdir>/config.json  population.json  checkpoints/  summary.json
+    <workdir>/members/<name>/config.json  metrics.jsonl  tensorboard/  summary.json  eval.json  figures/
+
+``members/<name>/config.json`` is the member as a single-run config: training it with
+``train.train_and_evaluate`` gives the same parameters (see tests/test_population.py for the
+tolerance). Re-running on the workdir resumes from the latest checkpoint, as for a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import checkpoint, evaluate, train
+from vae_jax.config import Config, ConfigError, member_configs
+from vae_jax.metrics import MetricWriter
+
+log = logging.getLogger(__name__)
+
+MEMBERS_DIR = "members"
+
+
+# ----------------------------------------------------------------------------------------------
+# Names
+
+
+def format_value(v: Any) -> str:
+    """A config value as it appears in folder names: 0.1, 1e-05, 400-400, True, gaussian."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return format(v, "g")
+    if isinstance(v, (tuple, list)):
+        return "-".join(format_value(x) for x in v) or "none"
+    return str(v)
+
+
+def label(overrides: Mapping[str, Any], keys: Mapping[str, str] | None = None,
+          empty: str = "default") -> str:
+    """A deterministic, filesystem-safe name for a set of overrides: ``beta=0.5,seed=1``.
+
+    Fields are named by their last component unless ``keys`` maps them to something else (the
+    sweep passes full paths where last components collide); long names are cut and suffixed with
+    a hash of the whole, so distinct overrides keep distinct names."""
+    if not overrides:
+        return empty
+    keys = keys or {}
+    parts = [f"{keys.get(k, k.rsplit('.', 1)[-1])}={format_value(v)}" for k, v in overrides.items()]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
+    if len(name) > 120:
+        digest = hashlib.sha1(json.dumps(sorted(overrides.items()), default=str).encode()).hexdigest()
+        name = f"{name[:100]}-{digest[:10]}"
+    return name
+
+
+def member_names(cfg: Config) -> list[str]:
+    """Folder names of the members, derived from their overrides (unique by validation)."""
+    return [label(m) for m in cfg.population.members]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+
+
+def stack_hyperparams(members: list[Config]) -> dict[str, jax.Array]:
+    """``train.hyperparams`` of every member stacked along a leading member axis."""
+    per = [train.hyperparams(m) for m in members]
+    return {k: jnp.stack([p[k] for p in per]) for k in train.BATCHABLE}
+
+
+def seeds(members: list[Config]) -> jax.Array:
+    return jnp.asarray([m.seed for m in members], jnp.int32)
+
+
+def init_fn(exp: train.Experiment) -> Callable[[jax.Array], train.TrainState]:
+    """Seeds [M] -> a TrainState whose every leaf has a leading member axis."""
+    return jax.vmap(exp.init_state)
+
+
+def epoch_fn(exp: train.Experiment):
+    """The population's epoch: ``train_epoch`` vmapped over states and hyperparameters; images,
+    labels, epoch and data key are shared (one data stream). Jit it with the state donated."""
+    return jax.vmap(exp.train_epoch, in_axes=(0, 0, None, None, None, None))
+
+
+def member(tree: Any, i: int) -> Any:
+    """Member ``i``'s slice of a population pytree."""
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _check_finite(metrics: dict[str, np.ndarray], first_step: int, names: list[str]) -> None:
+    keys = [k for k in ("loss", "recon", "kl", "elbo") if k in metrics]
+    if all(np.isfinite(metrics[k]).all() for k in keys):
+        return
+    for i, name in enumerate(names):
+        try:
+            train._check_finite({k: metrics[k][i] for k in keys}, first_step)
+        except train.NonFiniteLossError as e:
+            raise train.NonFiniteLossError(f"population member {i} ({name}): {e}") from None
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Removes metrics.jsonl rows newer than the checkpoint being resumed (written by a process
+    killed before its next save), so a resumed population logs every epoch exactly once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def _layout(cfg: Config, workdir: str, members: list[Config], names: list[str],
+            has_checkpoint: bool) -> list[str]:
+    """Writes config.json / population.json / members/<name>/config.json; returns member dirs.
+    A workdir whose checkpoints belong to another population is refused in one line."""
+    path = os.path.join(workdir, "population.json")
+    plan = {"members": [{"name": n, "overrides": dict(o), "seed": m.seed}
+                        for n, o, m in zip(names, cfg.population.members, members)],
+            "data_order_seed": members[0].data.shuffle_seed}
+    if has_checkpoint and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if [m["name"] for m in old.get("members", [])] != names:
+            raise checkpoint.CheckpointError(
+                f"{workdir} holds a population with members {[m['name'] for m in old['members']]}, "
+                f"not {names}: use a new --workdir or the old members")
+    train._write_config(cfg, workdir)
+    _write_json(path, plan)
+    dirs = []
+    for name, m in zip(names, members):
+        d = os.path.join(workdir, MEMBERS_DIR, name)
+        os.makedirs(d, exist_ok=True)
+        _write_json(os.path.join(d, "config.json"), m.to_dict())
+        dirs.append(d)
+    return dirs
+
+
+def _final_eval_config(m: Config, evaluators: tuple[str, ...]) -> Config:
+    return dataclasses.replace(m, eval=dataclasses.replace(m.eval, evaluators=tuple(evaluators)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop (the structure of train.train_and_evaluate, with a member axis)
+
+
+def train_and_evaluate(cfg: Config, workdir: str,
+                       on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Trains every member of ``cfg.population`` in ``workdir`` in one compiled program, resuming
+    from the latest checkpoint; writes per-member metrics, test ELBO, figures, ``eval.json`` and
+    ``summary.json``, and ``<workdir>/summary.json`` with all members last (its presence marks
+    the population finished). Returns that summary."""
+    members = member_configs(cfg)
+    if not members:
+        raise ConfigError("config.population.members=(): empty; a single run goes through "
+                          "vae_jax.train.train_and_evaluate")
+    if cfg.population.evaluators:
+        evaluate.check_names(cfg.population.evaluators)  # a wrong name fails before anything loads
+    names = member_names(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    ds = train.load_data(cfg)
+    steps_per_epoch = train._check_sizes(cfg, ds)
+    exp = train.Experiment.build(members[0], ds.image_shape)  # structure shared by all members
+    exps = [exp] + [train.Experiment.build(m, ds.image_shape) for m in members[1:]]
+
+    ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
+    dirs = _layout(cfg, workdir, members, names, ckpt.latest_step() is not None)
+    member_seeds = seeds(members)
+    init = init_fn(exp)
+    restored = ckpt.restore_latest(jax.eval_shape(init, member_seeds))
+    if restored is None:
+        state = jax.jit(init)(member_seeds)
+        start_epoch = 0
+    else:
+        step, state = restored
+        if step % steps_per_epoch:
+            raise checkpoint.CheckpointError(
+                f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
+                f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
+        start_epoch = step // steps_per_epoch
+        log.info("resumed population from step %d (epoch %d)", step, start_epoch)
+
+    writers = [MetricWriter(d) for d in dirs]
+    for d, w, m in zip(dirs, writers, members):
+        _drop_rows_after(w.path, start_epoch * steps_per_epoch)
+        if start_epoch == 0:
+            w.write_hparams(m.to_dict(), d)
+    images, labels = train._device_data(ds)
+    by_seed: dict[int, evaluate.TestELBO] = {}  # members differ from one another only in
+    for m, e in zip(members, exps):  # batchable values and the seed, and the test ELBO depends
+        if m.seed not in by_seed:  # on the seed alone (its noise): one compiled evaluator per seed
+            by_seed[m.seed] = evaluate.TestELBO(e, ds)
+    evaluators = [by_seed[m.seed] for m in members]
+
+    t0 = time.perf_counter()
+    hp = stack_hyperparams(members)
+    data_key = exp.data_key()
+    run_epoch = jax.jit(epoch_fn(exp), donate_argnums=0).lower(
+        state, hp, images, labels, jnp.int32(0), data_key).compile()
+    compile_s = time.perf_counter() - t0
+
+    n_members = len(members)
+    summaries: list[dict[str, Any]] = [{} for _ in members]
+    bar = train._progress(cfg, start_epoch)
+    try:
+        for epoch in range(start_epoch, cfg.train.num_epochs):
+            t = time.perf_counter()
+            first_step = epoch * steps_per_epoch
+            new_state, metrics = run_epoch(state, hp, images, labels, jnp.int32(epoch), data_key)
+            metrics = jax.device_get(metrics)  # one transfer for all members: leaves [M, steps, ...]
+            seconds = time.perf_counter() - t
+            _check_finite(metrics, first_step, names)
+            state = new_state
+            step = first_step + steps_per_epoch
+            done = epoch + 1
+            means = {k: np.mean(v, axis=1) for k, v in metrics.items() if k != "kl_per_dim"}
+            if "beta" in metrics:  # the weighted KL term's share of the training loss (seed 004)
+                means["kl_contribution"] = np.mean(metrics["loss"] - metrics["recon"], axis=1)
+            member_rate = steps_per_epoch * cfg.train.batch_size / seconds
+            for i in range(n_members):
+                row = {k: float(v[i]) for k, v in means.items()}
+                row.update(images_per_s=member_rate, population_images_per_s=member_rate * n_members,
+                           epoch=done)
+                if epoch == start_epoch:
+                    row["compile_s"] = compile_s
+                writers[i].write(step, "train", row)
+                if "kl_per_dim" in metrics:
+                    kl = np.mean(metrics["kl_per_dim"][i], axis=0)
+                    writers[i].write(step, "train_kl_per_dim", {f"z{d}": v for d, v in enumerate(kl)})
+            if done % cfg.train.eval_every_epochs == 0 or done == cfg.train.num_epochs:
+                for i in range(n_members):
+                    summaries[i] = evaluators[i](member(state.params, i), step, done)
+                    writers[i].write(step, "test", summaries[i])
+            if done % cfg.train.checkpoint_every_epochs == 0 or done == cfg.train.num_epochs:
+                ckpt.save(step, state)
+            bar(done, {"loss": float(np.mean(means["loss"])),
+                       "images_per_s": member_rate * n_members},
+                {"elbo": max(s["elbo"] for s in summaries)} if summaries[0] else {})
+            if on_epoch_end is not None:
+                on_epoch_end(done)
+    finally:
+        for w in writers:
+            w.close()
+        ckpt.close()
+
+    step = int(np.asarray(state.step)[0])
+    wall = round(time.perf_counter() - t0, 2)
+    out: dict[str, Any] = {}
+    for i, (name, m, e, d) in enumerate(zip(names, members, exps, dirs)):
+        params = member(state.params, i)
+        if not summaries[i]:  # already finished earlier: evaluate the restored parameters
+            summaries[i] = evaluators[i](params, step, cfg.train.num_epochs)
+        if cfg.train.figures:
+            evaluate.write_figures(e, params, ds, os.path.join(d, "figures"))
+        if cfg.population.evaluators:
+            fe = train.Experiment.build(_final_eval_config(m, cfg.population.evaluators), ds.image_shape)
+            _write_json(os.path.join(d, "eval.json"),
+                        evaluate.run(fe, ds, params, step, cfg.train.num_epochs, d))
+        summary = dict(summaries[i], step=step, metadata=dict(
+            evaluators[i].metadata(cfg.train.num_epochs), train_wall_s_this_process=wall,
+            compile_s=round(compile_s, 2),
+            population=dict(size=n_members, index=i, name=name,
+                            overrides=dict(cfg.population.members[i]))))
+        _write_json(os.path.join(d, "summary.json"), summary)
+        out[name] = summary
+    result = {"step": step, "members": out,
+              "metadata": {"size": n_members, "compile_s": round(compile_s, 2),
+                           "train_wall_s_this_process": wall,
+                           "hardware": evaluate.hardware()}}
+    _write_json(os.path.join(workdir, "summary.json"), result)  # last: marks the population done
+    return result
+
+
+def restore(cfg: Config, workdir: str) -> tuple[list[train.Experiment], Any, int, Any]:
+    """(member experiments, dataset, step, stacked params) of ``workdir``'s latest checkpoint."""
+    members = member_configs(cfg)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise checkpoint.CheckpointError(f"no checkpoints in {workdir}: train there first")
+    ds = train.load_data(cfg)
+    exps = [train.Experiment.build(m, ds.image_shape) for m in members]
+    ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(jax.eval_shape(init_fn(exps[0]), seeds(members)))
+    ckpt.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(f"no checkpoints in {workdir}: train there first")
+    return exps, ds, restored[0], restored[1].params
+
+
+def evaluate_workdir(cfg: Config, workdir: str) -> dict[str, Any]:
+    """``--mode eval`` for a population: ``cfg.eval.evaluators`` on every member of the latest
+    checkpoint, each into ``members/<name>/eval.json`` (and its figures folder)."""
+    evaluate.check_names(cfg.eval.evaluators)
+    exps, ds, step, params = restore(cfg, workdir)
+    epochs = step // train._check_sizes(cfg, ds)
+    out = {}
+    for i, (name, e) in enumerate(zip(member_names(cfg), exps)):
+        d = os.path.join(workdir, MEMBERS_DIR, name)
+        os.makedirs(d, exist_ok=True)
+        res = evaluate.run(e, ds, member(params, i), step, epochs, d)
+        _write_json(os.path.join(d, "eval.json"), res)
+        out[name] = res
+    return {"step": step, "members": out}
