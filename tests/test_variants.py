@@ -167,8 +167,10 @@ def test_hvae_with_one_layer_equals_the_vae(inference):
         np.testing.assert_allclose(th[k], tv[k], rtol=1e-5, atol=1e-5)
 
 
-def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path):
-    cfg = tiny(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,)), train=dict(num_epochs=3))
+@pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
+def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path, inference):
+    cfg = tiny(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,), hvae_inference=inference),
+               train=dict(num_epochs=3, figures=True))  # figures: encode/decode work on both paths
     train.train_and_evaluate(cfg, str(tmp_path))
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     for r in rows:

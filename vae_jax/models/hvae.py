@@ -62,8 +62,9 @@ class HVAE(nn.Module):
         return o[..., :d], o[..., d:]
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(μ, log σ²) of the bottom-up q at level 1 (what figures and diagnostics use)."""
-        return self.bottom_up(x)[0]
+        """(μ, log σ²) of the bottom-up q at level 1 (what figures and diagnostics use); the same
+        for both inference paths, and cheaper than the full bottom-up pass."""
+        return self._split(self.posterior(self.encoder(x)))
 
     def decode(self, z1: jax.Array) -> jax.Array:
         return self.decoder(z1)
