@@ -18,6 +18,13 @@ import jax.numpy as jnp
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _flat(a: jax.Array) -> jax.Array:
+    """[..., H, W, C] -> [..., H·W·C]. Elementwise likelihood math runs on these flat rows:
+    XLA:CPU does not vectorise along a trailing channel axis of size 1 (measured 13× slower for
+    the Bernoulli term of an MNIST epoch)."""
+    return a.reshape(*a.shape[:-3], -1)
+
+
 def _sum_pixels(a: jax.Array) -> jax.Array:
     return a.reshape(*a.shape[:-3], -1).sum(-1)
 
@@ -61,16 +68,18 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
     """Σ_pixels x log σ(l) + (1 − x) log(1 − σ(l)). For binary x this is the Bernoulli
     log-mass; for grayscale x in [0, 1] it is minus the summed BCE that the PyTorch example trains
     on (not a normalised density of grayscale images)."""
-    return _sum_pixels(_bernoulli_elementwise(logits, jnp.broadcast_to(x, logits.shape)))
+    return jnp.sum(_bernoulli_elementwise(_flat(logits), _flat(jnp.broadcast_to(x, logits.shape))), -1)
 
 
 def gaussian_log_prob(mean: jax.Array, log_sigma: jax.Array, x: jax.Array) -> jax.Array:
+    mean, log_sigma, x = _flat(mean), _flat(log_sigma), _flat(jnp.broadcast_to(x, mean.shape))
     z = (x - mean) * jnp.exp(-log_sigma)
-    return _sum_pixels(-0.5 * z * z - log_sigma - 0.5 * _LOG_2PI)
+    return jnp.sum(-0.5 * z * z - log_sigma - 0.5 * _LOG_2PI, -1)
 
 
 def laplace_log_prob(loc: jax.Array, log_b: jax.Array, x: jax.Array) -> jax.Array:
-    return _sum_pixels(-jnp.abs(x - loc) * jnp.exp(-log_b) - log_b - math.log(2.0))
+    loc, log_b, x = _flat(loc), _flat(log_b), _flat(jnp.broadcast_to(x, loc.shape))
+    return jnp.sum(-jnp.abs(x - loc) * jnp.exp(-log_b) - log_b - math.log(2.0), -1)
 
 
 _HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 levels of an 8-bit image in [-1, 1]
