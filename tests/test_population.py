@@ -29,7 +29,7 @@ PARAM_ATOL = 1e-5
 def _population_cfg(**sections):
     cfg = tiny(train=dict(num_epochs=EPOCHS), **sections)
     return dataclasses.replace(cfg, population=dataclasses.replace(
-        cfg.population, members=MEMBERS, evaluators=("collapse", "smoothness")))
+        cfg.population, members=MEMBERS, strategy="vmap", evaluators=("collapse", "smoothness")))
 
 
 def _leaves(tree):
@@ -42,41 +42,63 @@ def trained(tmp_path_factory):
     cfg = _population_cfg()
     wd = tmp_path_factory.mktemp("population")
     summary = population.train_and_evaluate(cfg, str(wd))
-    exps, ds, step, params = population.restore(cfg, str(wd))
-    return cfg, wd, summary, step, params
+    exps, ds, step, state = population.restore(cfg, str(wd))
+    return cfg, wd, summary, step, state.params
 
 
-def test_member_trained_in_population_matches_it_trained_alone(trained, tmp_path):
-    cfg, wd, summary, step, params = trained
-    members = config_lib.member_configs(cfg)
+@pytest.fixture(scope="module")
+def alone(trained, tmp_path_factory):
+    """Member 1 (β = 2, seed 1: a batchable value and its own key stream differ from the base)
+    trained alone with train.train_and_evaluate: (config, summary, final state)."""
+    cfg = trained[0]
+    m = config_lib.member_configs(cfg)[1]
+    assert m.seed == 1 and m.objective.beta == 2.0 and not m.population.members
+    assert m.data.shuffle_seed == cfg.seed  # the population's data order, pinned
+    wd = tmp_path_factory.mktemp("alone")
+    summary = train.train_and_evaluate(m, str(wd))
+    ck = checkpoint.Checkpointer(str(wd))
+    step, state = ck.restore_latest(jax.eval_shape(train.Experiment.build(m, (8, 8, 1)).init_state))
+    ck.close()
     assert step == EPOCHS * 15
-    # initialisation under vmap over seeds is bit for bit the single run's
+    return m, summary, state
+
+
+def test_initialisation_under_vmap_is_bit_for_bit(trained):
+    members = config_lib.member_configs(trained[0])
     exp = train.Experiment.build(members[0], (8, 8, 1))
     init = jax.jit(population.init_fn(exp))(population.seeds(members))
-    for i, m in enumerate(members):
-        alone = jax.jit(train.Experiment.build(m, (8, 8, 1)).init_state)()
-        for a, b in zip(_leaves(alone.params), _leaves(population.member(init.params, i))):
-            np.testing.assert_array_equal(a, b)
+    alone = jax.jit(train.Experiment.build(members[1], (8, 8, 1)).init_state)()  # as a single run does
+    for a, b in zip(_leaves(alone), _leaves(population.member(init, 1))):
+        np.testing.assert_array_equal(a, b)
 
-    i = 1  # β = 2, seed 1: differs from the base in a batchable value and in its key stream
-    alone_cfg = members[i]
-    assert alone_cfg.seed == 1 and alone_cfg.objective.beta == 2.0
-    assert alone_cfg.data.shuffle_seed == cfg.seed  # the population's data order, pinned
-    single = train.train_and_evaluate(alone_cfg, str(tmp_path / "alone"))
-    ck = checkpoint.Checkpointer(str(tmp_path / "alone"))
-    s, state = ck.restore_latest(jax.eval_shape(train.Experiment.build(alone_cfg, (8, 8, 1)).init_state))
-    ck.close()
-    assert s == step
+
+def test_member_trained_in_population_matches_it_trained_alone(trained, alone):
+    cfg, wd, summary, step, params = trained
+    _, single, state = alone
     worst = 0.0
-    for a, b in zip(_leaves(state.params), _leaves(population.member(params, i))):
+    for a, b in zip(_leaves(state.params), _leaves(population.member(params, 1))):
         np.testing.assert_allclose(b, a, rtol=0, atol=PARAM_ATOL)
         worst = max(worst, float(np.max(np.abs(a - b))))
-    # and the other members really are different models
+    # the other members really are different models
     other = _leaves(population.member(params, 0))
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(state.params), other)) > 1e-2
-    name = population.member_names(cfg)[i]
+    name = population.member_names(cfg)[1]
     assert summary["members"][name]["elbo"] == pytest.approx(single["elbo"], rel=1e-4)
-    print(f"max |Δparam| population vs alone after {step} steps: {worst:.2e}")
+    print(f"vmap: max |Δparam| population vs alone after {step} steps: {worst:.2e}")
+
+
+@pytest.mark.slow
+def test_map_strategy_is_bit_for_bit_the_single_run(trained, alone, tmp_path):
+    cfg = trained[0]
+    cfg = dataclasses.replace(cfg, population=dataclasses.replace(
+        cfg.population, members=MEMBERS[:2], strategy="map", evaluators=()))
+    summary = population.train_and_evaluate(cfg, str(tmp_path))
+    assert summary["metadata"]["strategy"] == "map"
+    _, _, step, pstate = population.restore(cfg, str(tmp_path))
+    _, single, state = alone
+    for a, b in zip(_leaves(state), _leaves(population.member(pstate, 1))):
+        np.testing.assert_array_equal(a, b)  # params, optimizer state, step, key: all equal
+    assert summary["members"]["beta=2,seed=1"]["elbo"] == single["elbo"]
 
 
 def test_per_member_outputs(trained):
@@ -111,6 +133,7 @@ def test_per_member_outputs(trained):
     assert kl["beta=2,seed=1"] < kl["beta=0.5"]
 
 
+@pytest.mark.slow
 def test_interrupted_population_resumes_to_the_same_parameters(trained, tmp_path):
     cfg, _, _, step, params = trained
     cfg = dataclasses.replace(cfg, population=dataclasses.replace(cfg.population, evaluators=()))
@@ -133,7 +156,7 @@ def test_interrupted_population_resumes_to_the_same_parameters(trained, tmp_path
     population.train_and_evaluate(cfg, str(wd))
     _, _, s, resumed = population.restore(cfg, str(wd))
     assert s == step
-    for a, b in zip(_leaves(params), _leaves(resumed)):
+    for a, b in zip(_leaves(params), _leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)  # the same program: bit for bit
     epochs = [r["epoch"] for r in read_jsonl(wd / "members" / name / "metrics.jsonl") if r["split"] == "train"]
     assert epochs == list(range(1, EPOCHS + 1))
@@ -184,6 +207,11 @@ def test_members_round_trip_and_evaluator_names():
     assert cfg.population.members == ({"objective.beta": 2.0, "seed": 1},)  # coerced to float
     assert isinstance(cfg.population.members[0]["objective.beta"], float)
     assert config_lib.from_config_dict(config_lib.to_config_dict(cfg)) == cfg
+    assert population.resolve_strategy("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    c.population.strategy = "pmap"
+    with pytest.raises(config_lib.ConfigError, match="config.population.strategy='pmap': must be one of auto, vmap, map"):
+        config_lib.from_config_dict(c)
+    c.population.strategy = "auto"
     c.population.evaluators = ("smoothness", "smoothness")
     with pytest.raises(config_lib.ConfigError, match="distinct names"):
         config_lib.from_config_dict(c)

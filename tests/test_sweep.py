@@ -186,6 +186,11 @@ def test_interrupted_sweep_rerun_finishes_every_run_once(interrupted_sweep):
             assert json.load(open(os.path.join(d, "summary.json")))["step"] == 3 * 15
     plan = json.load(open(os.path.join(wd, "sweep.json")))
     assert [r["name"] for r in plan["runs"]] == ["latent_dim=4", "latent_dim=8"]
+    # the same workdir with an edited sweep: refused in one line, nothing retrained
+    edited = Spec(grid=product({"model.latent_dim": [4, 8], "objective.beta": [0.25, 1.0, 2.0]}))
+    with pytest.raises(config_lib.ConfigError, match=r"runs/latent_dim=4 holds members \['beta=0.25', "
+                       r"'beta=1', 'beta=4'\], but the sweep now gives that run"):
+        sweep.run_sweep(base, edited, wd, out=log.append)
 
 
 def test_trained_beta_sweep_rate_distortion(interrupted_sweep):

@@ -245,6 +245,8 @@ POPULATION_FIELDS = ("seed", "objective.beta", "optim.learning_rate", "objective
                      "objective.warmup_steps", "objective.cycle_steps", "objective.capacity_max",
                      "objective.capacity_steps", "objective.capacity_gamma")
 
+POPULATION_STRATEGIES = ("auto", "vmap", "map")
+
 
 @dataclasses.dataclass(frozen=True)
 class PopulationConfig:
@@ -256,11 +258,17 @@ class PopulationConfig:
     On the command line: ``--config.population.members="({'objective.beta': 0.5}, ...)"``."""
 
     members: tuple[dict[str, Any], ...] = ()
+    # 'vmap': members step in lockstep, their matmuls batched (one wide matmul for the first
+    # layer over the shared batch): the accelerator layout. 'map': the compiled epoch runs the
+    # members one after another (lax.map), each ending bit for bit where it would alone; faster
+    # than 'vmap' on XLA:CPU (scripts/benchmark_population.py). 'auto': 'map' on CPU, else 'vmap'
+    strategy: str = "auto"
     # evaluators (names in vae_jax.evaluate.EVALUATORS) run on every member after training,
     # written to members/<name>/eval.json; checked before anything compiles
     evaluators: tuple[str, ...] = ("collapse", "smoothness")
 
     def validate(self) -> None:
+        _choice("population.strategy", self.strategy, POPULATION_STRATEGIES)
         if any(not v for v in self.evaluators) or len(set(self.evaluators)) != len(self.evaluators):
             _fail("population.evaluators", self.evaluators, "must be a sequence of distinct names")
         seen: dict[tuple, int] = {}

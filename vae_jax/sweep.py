@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import sys
@@ -34,6 +33,8 @@ import ml_collections
 
 from vae_jax import config as config_lib
 from vae_jax.config import Config, ConfigError
+from vae_jax import population, train
+from vae_jax.population import label
 
 Point = dict[str, Any]
 RUNS_DIR = "runs"
@@ -225,8 +226,6 @@ def plan(base: ml_collections.ConfigDict | Mapping | Config, spec: Spec) -> list
 
 
 def _run_label(structural: dict, keys: dict[str, str]) -> str:
-    from vae_jax.population import label
-
     return label(structural, keys, empty="base")
 
 
@@ -256,18 +255,26 @@ def describe(runs: list[Run], workdir: str, chosen: list[Run]) -> str:
     lines = [f"{len(runs)} run(s), {members} member(s) in all; this slice: {len(chosen)} run(s), "
              f"{sum(len(r.members) for r in chosen)} member(s)",
              f"{'status':8} {'members':>7}  run -> members"]
-    from vae_jax.population import label
-
     for r in chosen:
         names = ", ".join(label(m) for m in r.members)
         lines.append(f"{status(workdir, r):8} {len(r.members):>7}  {r.name} -> {names}")
     return "\n".join(lines)
 
 
+def _check_members(workdir: str, run: Run) -> None:
+    path = os.path.join(run_dir(workdir, run), "population.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = [m["name"] for m in json.load(f).get("members", [])]
+    new = [label(m) for m in run.members]
+    if old != new:
+        raise SweepError(f"{run_dir(workdir, run)} holds members {old}, but the sweep now gives "
+                         f"that run {new}: use a new --workdir (or restore the old sweep)")
+
+
 def _write_plan(workdir: str, runs: list[Run]) -> None:
     os.makedirs(workdir, exist_ok=True)
-    from vae_jax.population import label
-
     doc = {"runs": [{"name": r.name, "dir": os.path.join(RUNS_DIR, r.name), "overrides": r.overrides,
                      "members": [{"name": label(m), "overrides": m} for m in r.members]}
                     for r in runs]}
@@ -285,13 +292,13 @@ def run_sweep(base: ml_collections.ConfigDict | Mapping | Config, spec: Spec, wo
     """Plans the sweep, then trains this slice's runs one after another in ``workdir/runs``.
     Returns ``[(run name, what happened)]``: 'done' (skipped), 'trained', 'resumed', 'failed: ...'
     (a non-finite loss; the other runs go on), or 'planned' for a dry run."""
-    from vae_jax import population, train
-
     runs = plan(base, spec)
     chosen = select(runs, index, count)
     out(describe(runs, workdir, chosen))
     if dry_run:
         return [(r.name, "planned") for r in chosen]
+    for r in chosen:  # a run folder from an edited sweep is refused before anything trains
+        _check_members(workdir, r)
     _write_plan(workdir, runs)
     results = []
     for r in chosen:
@@ -322,11 +329,11 @@ def run_sweep(base: ml_collections.ConfigDict | Mapping | Config, spec: Spec, wo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from absl import app, flags
+    from absl import flags
     from absl import logging as absl_logging
     from ml_collections import config_flags
 
-    from vae_jax import checkpoint, data, train
+    from vae_jax import checkpoint, data
 
     argv = list(sys.argv if argv is None else argv)
     argv = [a.replace("--dry-run", "--dry_run", 1) if a.startswith("--dry-run") else a for a in argv]
