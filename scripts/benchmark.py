@@ -6,7 +6,20 @@ epoch (one lax.scan over all steps) for a config.
 
 With ``--synthetic`` it uses random images of the dataset's shape (no files needed).
 Prints one line per epoch and a JSON summary; the first epoch after compilation is included in
-the median only if ``--epochs`` is 1.
+the median only if ``--epochs`` is 1. The epoch runs as training does: over a ('members',
+'data') mesh of all devices (``vae_jax.sharding``), the batch split over 'data'. The summary
+also gives the achieved FLOP/s (XLA's count of one step's FLOPs x steps / s per epoch) against
+the device's measured matmul peak (a timed ``--peak_size`` square float32 matmul).
+
+Scaling over devices, each count in its own process (on CPU with that many fake devices,
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX starts: the
+fake devices share the host's cores, so this checks the sharded program, not a speed-up; on a
+GPU/TPU host the first N real devices)::
+
+    python scripts/benchmark.py --synthetic --devices 1,2,4,8 --epochs 2 --json scaling.json
+
+The population speed-up against sequential runs is measured by
+``scripts/benchmark_population.py`` (e.g. ``--synthetic --epochs 3``).
 """
 
 from __future__ import annotations
@@ -14,7 +27,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
+import subprocess
 import statistics
 import sys
 import time
@@ -25,7 +40,7 @@ import numpy as np
 from ml_collections import config_flags  # noqa: F401  (keeps absl flag parsing consistent)
 
 from vae_jax import config as config_lib
-from vae_jax import data, evaluate, train
+from vae_jax import data, evaluate, sharding, train
 
 
 def load_config(path: str) -> config_lib.Config:
@@ -45,6 +60,76 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
+def matmul_peak(size: int, repeats: int = 5) -> float:
+    """FLOP/s of one device on a ``size`` x ``size`` float32 matmul (best of ``repeats``)."""
+    dev = jax.devices()[0]
+    a = jax.device_put(jnp.asarray(np.random.default_rng(0).random((size, size), np.float32)), dev)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * size ** 3 / best
+
+
+def step_flops(exp: train.Experiment, state, batch, hp) -> float:
+    """XLA's FLOP count of one training step on one device (the global work of a step)."""
+    cost = jax.jit(exp.train_step).lower(state, batch, hp).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def scaling(a, argv: list[str]) -> int:
+    """One child process per device count; prints a table and writes the JSON list."""
+    counts = [int(c) for c in a.devices.split(",") if c.strip()]
+    if not counts or min(counts) < 1:
+        print(f"error: --devices={a.devices!r}: a comma-separated list of counts >= 1", file=sys.stderr)
+        return 2
+    cpu = jax.default_backend() == "cpu"
+    rest, skip = [], False
+    for x in argv:  # the same arguments, minus --devices and --json
+        if skip:
+            skip = False
+            continue
+        if x in ("--devices", "--json"):
+            skip = True
+            continue
+        if x.startswith(("--devices=", "--json=")):
+            continue
+        rest.append(x)
+    results = []
+    for n in counts:
+        env = dict(os.environ)
+        if cpu:
+            flags = [f for f in env.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count")]
+            env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+            env["JAX_PLATFORMS"] = "cpu"
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), *rest, "--mesh_data", str(n)],
+                           env=env, capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return r.returncode
+        results.append(json.loads(r.stdout[r.stdout.index("{"):]))
+    base = results[0]["images_per_s"]
+    print(f"{'devices':>7} {'per-dev batch':>13} {'compile s':>9} {'s/epoch':>8} {'img/s':>10} "
+          f"{'speed-up':>8} {'GFLOP/s':>8} {'% of peak':>9}")
+    for r in results:
+        r["speedup_vs_first"] = round(r["images_per_s"] / base, 3)
+        print(f"{r['devices']:>7} {r['per_device_batch_size']:>13} {r['compile_s']:>9.2f} "
+              f"{r['s_per_epoch_median']:>8.3f} {r['images_per_s']:>10,.0f} "
+              f"{r['speedup_vs_first']:>8.2f} {r['achieved_flops'] / 1e9:>8.2f} "
+              f"{100 * r['fraction_of_peak']:>8.1f}%")
+    out = {"mode": "device_scaling", "fake_cpu_devices": cpu, "results": results}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/mnist_pytorch_example.py")
@@ -54,7 +139,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=0, help="override train.batch_size")
     p.add_argument("--synthetic", action="store_true", help="random images of the dataset's shape")
     p.add_argument("--json", default="", help="also write the summary here")
+    p.add_argument("--devices", default="", help="scaling mode: device counts, e.g. 1,2,4,8")
+    p.add_argument("--mesh_data", type=int, default=0, help="devices on the data axis (0: all)")
+    p.add_argument("--peak_size", type=int, default=0,
+                   help="matrix size of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 otherwise)")
     a = p.parse_args(argv)
+    if a.devices:
+        return scaling(a, list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = load_config(a.config)
         over = {}
@@ -65,6 +156,8 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **over))
         if a.batch_size:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=a.batch_size))
+        if a.mesh_data:
+            cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=a.mesh_data))
         if a.epochs < 1:
             raise config_lib.ConfigError(f"--epochs={a.epochs}: must be >= 1")
         if a.synthetic:
@@ -77,19 +170,29 @@ def main(argv=None) -> int:
                               10, False, "synthetic", "synthetic")
         else:
             ds = train.load_data(cfg)
+        mesh, devices = train.setup_devices(cfg)
     except (config_lib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    exp = train.Experiment.build(cfg, ds.image_shape)
+    exp = train.Experiment.build(cfg, ds.image_shape, mesh)
     steps = len(ds.train_images) // cfg.train.batch_size
-    images = jnp.asarray(ds.train_images)
-    labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels)
-    state = jax.jit(exp.init_state)()
+    images, labels = train._device_data(ds, mesh)
+    abstract = jax.eval_shape(exp.init_state)
+    state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
+    state = jax.jit(exp.init_state, out_shardings=state_sh)()
+    rep = sharding.replicated(mesh)
+    hp = jax.device_put(train.hyperparams(cfg), rep)
+    flops = step_flops(train.Experiment.build(cfg, ds.image_shape), jax.eval_shape(exp.init_state),
+                       {"image": jax.ShapeDtypeStruct((cfg.train.batch_size, *ds.image_shape),
+                                                      jnp.float32),
+                        "label": jax.ShapeDtypeStruct((cfg.train.batch_size,), jnp.int32)},
+                       train.hyperparams(cfg)) * steps
     t = time.perf_counter()
-    hp = train.hyperparams(cfg)
-    fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(state, hp, images, labels, jnp.int32(0),
-                                                           exp.data_key()).compile()
+    ins, outs = train.epoch_shardings(mesh, state_sh, rep, labels)
+    with sharding.matmul_precision(cfg.train.matmul_precision):
+        fn = jax.jit(exp.train_epoch, in_shardings=ins, out_shardings=outs, donate_argnums=0).lower(
+            state, hp, images, labels, jnp.int32(0), exp.data_key()).compile()
     compile_s = time.perf_counter() - t
     times = []
     for e in range(a.epochs):
@@ -100,6 +203,8 @@ def main(argv=None) -> int:
         print(f"epoch {e + 1}: {times[-1]:.3f} s  {steps * cfg.train.batch_size / times[-1]:,.0f} img/s"
               f"  loss {loss:.2f}", flush=True)
     s_epoch = statistics.median(times[1:] if len(times) > 1 else times)
+    peak = matmul_peak(a.peak_size or (2048 if jax.default_backend() == "cpu" else 8192))
+    n_dev = devices["devices"]
     out = {
         "config": a.config,
         "dataset": ds.name,
@@ -109,6 +214,16 @@ def main(argv=None) -> int:
         "s_per_epoch_median": round(s_epoch, 4),
         "images_per_s": round(steps * cfg.train.batch_size / s_epoch, 1),
         "epochs_timed": a.epochs,
+        "devices": n_dev,
+        "mesh": devices["mesh"],
+        "per_device_batch_size": devices["per_device_batch_size"],
+        "compute_dtype": cfg.model.compute_dtype,
+        "matmul_precision": cfg.train.matmul_precision,
+        "flops_per_epoch": flops,
+        "achieved_flops": round(flops / s_epoch, 1),
+        "matmul_peak_flops_per_device": round(peak, 1),
+        # fake CPU devices share the host's cores: their peak is not n times one device's
+        "fraction_of_peak": round(flops / s_epoch / (peak * (1 if devices["platform"] == "cpu" else n_dev)), 4),
         "hardware": evaluate.hardware(),
         "jax": jax.__version__,
         **{k: round(v, 1) for k, v in peak_memory_mb().items()},

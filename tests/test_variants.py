@@ -183,6 +183,20 @@ def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path, infer
     assert z1.shape == (7, 8) and np.isfinite(z1).all()
 
 
+def test_ladder_posterior_is_the_precision_weighted_product_by_hand():
+    from vae_jax.models import hvae
+
+    mu_hat, var_hat, mu_p, var_p = 2.0, 0.5, -1.0, 2.0  # precisions 2 and 0.5
+    var_q = 1.0 / (1 / var_hat + 1 / var_p)  # 0.4
+    mu_q = (mu_hat / var_hat + mu_p / var_p) * var_q  # (4 - 0.5) * 0.4 = 1.4
+    got_mu, got_lv = hvae.precision_weighted(*(jnp.float32(v) for v in (mu_hat, np.log(var_hat), mu_p,
+                                                                        np.log(var_p))))
+    assert float(got_mu) == pytest.approx(1.4, rel=1e-6) and float(jnp.exp(got_lv)) == pytest.approx(var_q, rel=1e-6)
+    # extreme log-variances stay finite and pick the more precise side
+    mu, lv = hvae.precision_weighted(jnp.float32(3.0), jnp.float32(-200.0), jnp.float32(0.0), jnp.float32(200.0))
+    assert float(mu) == pytest.approx(3.0) and float(lv) == pytest.approx(-200.0)
+
+
 def test_burda_two_layer_config_builds():
     cfg = config_lib.from_config_dict(load_config_dict("mnist_hvae"))
     assert cfg.model.hvae_latents == (100, 50) and cfg.model.hidden == (200, 200)
@@ -193,6 +207,15 @@ def test_burda_two_layer_config_builds():
     assert shapes["posterior"]["Dense_0"]["kernel"].shape == (200, 200)
     assert shapes["up_heads_0"]["Dense_0"]["kernel"].shape == (100, 100)
     assert shapes["up_0"]["Dense_0"]["Dense_0"]["kernel"].shape == (100, 100)  # from the z1 sample
+
+
+def test_burda_one_layer_config_is_the_like_for_like_plain_vae():
+    v = config_lib.from_config_dict(load_config_dict("mnist_burda_vae"))
+    h = config_lib.from_config_dict(load_config_dict("mnist_hvae"))
+    assert v.model.family == "vae" and v.model.hidden == (200, 200) and v.model.latent_dim == 50
+    for section in ("data", "objective", "optim", "train"):  # only the model differs
+        assert getattr(v, section) == getattr(h, section), section
+    assert (v.model.activation, v.model.likelihood) == (h.model.activation, h.model.likelihood)
 
 
 # --- every family: a tiny run whose loss falls and whose terms add up ---------------------------

@@ -29,6 +29,10 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist")
 BINARIZATIONS = ("none", "dynamic")
 SCALES = ("unit", "symmetric")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+MATMUL_PRECISIONS = ("default", "high", "highest")
+PARAM_SHARDINGS = ("replicated", "fsdp")
+DISTRIBUTED = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -92,9 +96,14 @@ class ModelConfig:
     vq_ema: bool = False  # codebook by exponential moving averages instead of its loss
     vq_decay: float = 0.99
     dae_noise: float = 0.3  # dae: std of the Gaussian noise added to the input
+    # dtype of the training forward/backward pass: 'bfloat16' casts parameters and inputs to
+    # bf16 inside the loss (parameters, gradients and optimizer state stay float32; the
+    # evaluators run in float32)
+    compute_dtype: str = "float32"
 
     def validate(self) -> None:
         _choice("model.family", self.family, FAMILIES)
+        _choice("model.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _choice("model.network", self.network, NETWORKS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.init", self.init, INITS)
@@ -195,9 +204,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     figures: bool = True  # write PNG figures into the workdir after training
     progress: bool = True  # a progress bar with loss and images/s
+    # precision of float32 matmuls and convolutions (jax.default_matmul_precision): 'default'
+    # lets the backend choose (bf16 passes on TPU, TF32 on recent GPUs), 'high' (bf16_3x / TF32),
+    # 'highest' (full float32; vdvae-jax needed it on TPU to reproduce its numbers)
+    matmul_precision: str = "default"
 
     def validate(self) -> None:
         _min_int("train.batch_size", self.batch_size, 1)
+        _choice("train.matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         _min_int("train.num_epochs", self.num_epochs, 1)
         _min_int("train.eval_every_epochs", self.eval_every_epochs, 1)
         _min_int("train.checkpoint_every_epochs", self.checkpoint_every_epochs, 1)
@@ -280,6 +294,36 @@ class PopulationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh (``vae_jax.sharding``): axes ('members', 'data'). The batch is split over
+    'data'; a population's members over 'members' (a single run uses members=1). -1 = all devices
+    not used by the other axis. ``members * data`` must equal the number of devices."""
+
+    data: int = -1
+    members: int = 1
+    # 'replicated': every device holds all parameters; 'fsdp': weight matrices of at least
+    # fsdp_min_size elements are split over 'data' along their largest divisible axis (XLA
+    # gathers them for each use), for models whose state does not fit one device
+    param_sharding: str = "replicated"
+    fsdp_min_size: int = 2 ** 18
+    # multi-host: 'auto' calls jax.distributed.initialize() when the process runs under a
+    # cluster launcher with more than one task (SLURM_NTASKS, OMPI_COMM_WORLD_SIZE,
+    # JAX_NUM_PROCESSES, a multi-host TPU slice); 'on' always; 'off' never
+    distributed: str = "auto"
+
+    def validate(self) -> None:
+        for f in ("data", "members"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or v >= 1):
+                _fail(f"mesh.{f}", v, "must be -1 (all remaining devices) or an integer >= 1")
+        if self.data == -1 and self.members == -1:
+            _fail("mesh.members", self.members, "only one of mesh.data and mesh.members may be -1")
+        _choice("mesh.param_sharding", self.param_sharding, PARAM_SHARDINGS)
+        _min_int("mesh.fsdp_min_size", self.fsdp_min_size, 1)
+        _choice("mesh.distributed", self.distributed, DISTRIBUTED)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -289,6 +333,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     population: PopulationConfig = PopulationConfig()
+    mesh: MeshConfig = MeshConfig()
 
     def validate(self) -> None:
         _min_int("seed", self.seed, 0)
@@ -319,6 +364,14 @@ class Config:
                                            or self.objective.free_bits):
             _fail("objective.schedule", self.objective.schedule, f"family '{self.model.family}' "
                   "has no KL term to schedule (use 'constant' and free_bits 0)")
+
+        if self.mesh.members not in (1, -1) and not self.population.members:
+            _fail("mesh.members", self.mesh.members, "a single run has one member: use 1 (or set "
+                  "population.members)")
+        if self.population.members and self.mesh.members > 1 and len(
+                self.population.members) % self.mesh.members:
+            _fail("mesh.members", self.mesh.members, f"must divide the "
+                  f"{len(self.population.members)} population members")
 
         for i, member in enumerate(member_configs(self)):  # each member is a valid config
             try:
@@ -459,7 +512,8 @@ def member_configs(cfg: Config) -> list[Config]:
         return []
     shuffle = cfg.data.shuffle_seed if cfg.data.shuffle_seed >= 0 else cfg.seed
     base = dataclasses.replace(cfg, population=dataclasses.replace(cfg.population, members=()),
-                               data=dataclasses.replace(cfg.data, shuffle_seed=shuffle))
+                               data=dataclasses.replace(cfg.data, shuffle_seed=shuffle),
+                               mesh=dataclasses.replace(cfg.mesh, members=1))
     return [with_overrides(base, m) for m in cfg.population.members]
 
 

@@ -16,7 +16,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vae_jax import checkpoint, config, data, population, train
+from vae_jax import checkpoint, config, data, population, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -36,6 +36,7 @@ def run(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     try:
         cfg = config.from_config_dict(_CONFIG.value)  # fails before anything compiles
+        sharding.initialize_distributed(cfg.mesh)  # multi-host launches only; before any device use
         pop = bool(cfg.population.members)  # members: one compiled program for all of them
         if _MODE.value == "train":
             fn = population.train_and_evaluate if pop else train.train_and_evaluate

@@ -11,7 +11,7 @@ layer's matmul over the shared batch becomes one wide matmul over all members' w
 members' epochs one after another inside the same compiled call instead (``lax.map``): bit for
 bit the single runs. On XLA:CPU the batched matmuls of 'vmap' run slower per FLOP than the
 single run's plain ones and the scanned single run has no per-step overhead left to amortize, so
-there 'map' is faster (measured 1.10-1.17x sequential for 'vmap', 0.88-1.03x for 'map' with 8
+there 'map' is faster (measured 1.13-1.17x sequential for 'vmap', 0.97-1.03x for 'map' with 8
 members of the 784-400-20 MLP on 2 cores; ``scripts/benchmark_population.py``); the default
 'auto' takes 'map' on CPU and 'vmap' on accelerators.
 
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, evaluate, train
+from vae_jax import checkpoint, evaluate, sharding, train
 from vae_jax.config import Config, ConfigError, member_configs
 from vae_jax.metrics import MetricWriter
 
@@ -107,14 +107,19 @@ def init_fn(exp: train.Experiment) -> Callable[[jax.Array], train.TrainState]:
     return jax.vmap(exp.init_state)
 
 
-def resolve_strategy(strategy: str) -> str:
-    """'auto' -> 'map' on CPU (see the module docstring), 'vmap' on accelerators."""
+def resolve_strategy(strategy: str, member_shards: int = 1) -> str:
+    """'auto' -> 'map' on CPU (see the module docstring), 'vmap' on accelerators, and 'vmap'
+    whenever the member axis is split over devices (``member_shards`` > 1)."""
     if strategy == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
+        return "map" if jax.default_backend() == "cpu" and member_shards == 1 else "vmap"
+    if strategy == "map" and member_shards > 1:
+        raise ConfigError(f"config.population.strategy='map': runs members one after another, so "
+                          f"they cannot be split over config.mesh.members={member_shards} device "
+                          f"rows; use 'vmap' or 'auto'")
     return strategy
 
 
-def epoch_fn(exp: train.Experiment, strategy: str = "vmap"):
+def epoch_fn(exp: train.Experiment, strategy: str = "vmap", member_shards: int = 1):
     """The population's epoch ``(states, hps, images, labels, epoch, data_key) -> (states,
     metrics)``, states, hps and metrics with a leading member axis; images, labels, epoch and data
     key are shared (one data order). Jit it with the states donated.
@@ -126,7 +131,7 @@ def epoch_fn(exp: train.Experiment, strategy: str = "vmap"):
     'map': ``lax.map`` over members of the same ``train_epoch``: the members' epochs run one
     after another inside the compiled call, compiled once, each bit for bit its single run.
     """
-    strategy = resolve_strategy(strategy)
+    strategy = resolve_strategy(strategy, member_shards)
     if strategy == "vmap":
         return jax.vmap(exp.train_epoch, in_axes=(0, 0, None, None, None, None))
     if strategy == "map":
@@ -174,9 +179,10 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def _layout(cfg: Config, workdir: str, members: list[Config], names: list[str],
-            has_checkpoint: bool) -> list[str]:
-    """Writes config.json / population.json / members/<name>/config.json; returns member dirs.
-    A workdir whose checkpoints belong to another population is refused in one line."""
+            has_checkpoint: bool, write: bool = True) -> list[str]:
+    """Writes config.json / population.json / members/<name>/config.json (when ``write``: on
+    process 0); returns member dirs. A workdir whose checkpoints belong to another population is
+    refused in one line."""
     path = os.path.join(workdir, "population.json")
     plan = {"members": [{"name": n, "overrides": dict(o), "seed": m.seed}
                         for n, o, m in zip(names, cfg.population.members, members)],
@@ -188,14 +194,13 @@ def _layout(cfg: Config, workdir: str, members: list[Config], names: list[str],
             raise checkpoint.CheckpointError(
                 f"{workdir} holds a population with members {[m['name'] for m in old['members']]}, "
                 f"not {names}: use a new --workdir or the old members")
-    train._write_config(cfg, workdir)
-    _write_json(path, plan)
-    dirs = []
-    for name, m in zip(names, members):
-        d = os.path.join(workdir, MEMBERS_DIR, name)
-        os.makedirs(d, exist_ok=True)
-        _write_json(os.path.join(d, "config.json"), m.to_dict())
-        dirs.append(d)
+    dirs = [os.path.join(workdir, MEMBERS_DIR, name) for name in names]
+    if write:
+        train._write_config(cfg, workdir)
+        _write_json(path, plan)
+        for d, m in zip(dirs, members):
+            os.makedirs(d, exist_ok=True)
+            _write_json(os.path.join(d, "config.json"), m.to_dict())
     return dirs
 
 
@@ -224,19 +229,31 @@ def train_and_evaluate(cfg: Config, workdir: str,
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"config.population.members: two members are both named {dup!r} "
                           f"(values equal to 12 significant digits); make them differ more")
+    with sharding.matmul_precision(cfg.train.matmul_precision):
+        return _train_and_evaluate(cfg, workdir, on_epoch_end, members, names)
+
+
+def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names) -> dict[str, Any]:
+    main = sharding.is_main_process()
     os.makedirs(workdir, exist_ok=True)
     ds = train.load_data(cfg)
     steps_per_epoch = train._check_sizes(cfg, ds)
-    exp = train.Experiment.build(members[0], ds.image_shape)  # structure shared by all members
+    mesh, devices = train.setup_devices(cfg, len(members))
+    member_shards = mesh.shape["members"]
+    strategy = resolve_strategy(cfg.population.strategy, member_shards)  # fails before compiling
+    exp = train.Experiment.build(members[0], ds.image_shape, mesh)  # structure shared by all
     exps = [exp] + [train.Experiment.build(m, ds.image_shape) for m in members[1:]]
 
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
-    dirs = _layout(cfg, workdir, members, names, ckpt.latest_step() is not None)
-    member_seeds = seeds(members)
+    dirs = _layout(cfg, workdir, members, names, ckpt.latest_step() is not None, write=main)
+    msh = sharding.member_sharding(mesh)
+    member_seeds = jax.device_put(seeds(members), msh)
     init = init_fn(exp)
-    restored = ckpt.restore_latest(jax.eval_shape(init, member_seeds))
+    abstract = jax.eval_shape(init, member_seeds)
+    state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh, member_axis=True)
+    restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
     if restored is None:
-        state = jax.jit(init)(member_seeds)
+        state = jax.jit(init, in_shardings=msh, out_shardings=state_sh)(member_seeds)
         start_epoch = 0
     else:
         step, state = restored
@@ -247,12 +264,13 @@ def train_and_evaluate(cfg: Config, workdir: str,
         start_epoch = step // steps_per_epoch
         log.info("resumed population from step %d (epoch %d)", step, start_epoch)
 
-    writers = [MetricWriter(d) for d in dirs]
+    writers = [MetricWriter(d, enabled=main) for d in dirs]
     for d, w, m in zip(dirs, writers, members):
-        _drop_rows_after(w.path, start_epoch * steps_per_epoch)
+        if main:
+            _drop_rows_after(w.path, start_epoch * steps_per_epoch)
         if start_epoch == 0:
-            w.write_hparams(m.to_dict(), d)
-    images, labels = train._device_data(ds)
+            w.write_hparams(dict(m.to_dict(), devices=devices), d)
+    images, labels = train._device_data(ds, mesh)
     by_seed: dict[int, evaluate.TestELBO] = {}  # members differ from one another only in
     for m, e in zip(members, exps):  # batchable values and the seed, and the test ELBO depends
         if m.seed not in by_seed:  # on the seed alone (its noise): one compiled evaluator per seed
@@ -260,9 +278,11 @@ def train_and_evaluate(cfg: Config, workdir: str,
     evaluators = [by_seed[m.seed] for m in members]
 
     t0 = time.perf_counter()
-    hp = stack_hyperparams(members)
-    data_key = exp.data_key()
-    run_epoch = jax.jit(epoch_fn(exp, cfg.population.strategy), donate_argnums=0).lower(
+    hp = jax.device_put(stack_hyperparams(members), msh)
+    data_key = jax.device_put(exp.data_key(), sharding.replicated(mesh))
+    ins, outs = train.epoch_shardings(mesh, state_sh, msh, labels, member_axis=True)
+    run_epoch = jax.jit(epoch_fn(exp, strategy, member_shards), in_shardings=ins,
+                        out_shardings=outs, donate_argnums=0).lower(
         state, hp, images, labels, jnp.int32(0), data_key).compile()
     compile_s = time.perf_counter() - t0
 
@@ -274,7 +294,7 @@ def train_and_evaluate(cfg: Config, workdir: str,
             t = time.perf_counter()
             first_step = epoch * steps_per_epoch
             new_state, metrics = run_epoch(state, hp, images, labels, jnp.int32(epoch), data_key)
-            metrics = jax.device_get(metrics)  # one transfer for all members: leaves [M, steps, ...]
+            metrics = sharding.to_host(metrics)  # one transfer for all members: leaves [M, steps, ...]
             seconds = time.perf_counter() - t
             _check_finite(metrics, first_step, names)
             state = new_state
@@ -310,11 +330,16 @@ def train_and_evaluate(cfg: Config, workdir: str,
             w.close()
         ckpt.close()
 
-    step = int(np.asarray(state.step)[0])
+    step = int(sharding.to_host(state.step)[0])
     wall = round(time.perf_counter() - t0, 2)
     out: dict[str, Any] = {}
+    # evaluation and files: process 0 alone, on host copies of the parameters (a collective
+    # gather that every process joins) when there are several processes
+    all_params = sharding.to_host(state.params) if jax.process_count() > 1 else state.params
+    if not main:
+        return {"step": step, "members": out}
     for i, (name, m, e, d) in enumerate(zip(names, members, exps, dirs)):
-        params = member(state.params, i)
+        params = member(all_params, i)
         if not summaries[i]:  # already finished earlier: evaluate the restored parameters
             summaries[i] = evaluators[i](params, step, cfg.train.num_epochs)
         if cfg.train.figures:
@@ -325,16 +350,16 @@ def train_and_evaluate(cfg: Config, workdir: str,
                         evaluate.run(fe, ds, params, step, cfg.train.num_epochs, d))
         summary = dict(summaries[i], step=step, metadata=dict(
             evaluators[i].metadata(cfg.train.num_epochs), train_wall_s_this_process=wall,
-            compile_s=round(compile_s, 2),
+            compile_s=round(compile_s, 2), devices=devices,
             population=dict(size=n_members, index=i, name=name,
                             overrides=dict(cfg.population.members[i]))))
         _write_json(os.path.join(d, "summary.json"), summary)
         out[name] = summary
     result = {"step": step, "members": out,
-              "metadata": {"size": n_members, "strategy": resolve_strategy(cfg.population.strategy),
+              "metadata": {"size": n_members, "strategy": strategy,
                            "compile_s": round(compile_s, 2),
                            "train_wall_s_this_process": wall,
-                           "hardware": evaluate.hardware()}}
+                           "hardware": evaluate.hardware(), "devices": devices}}
     _write_json(os.path.join(workdir, "summary.json"), result)  # last: marks the population done
     return result
 

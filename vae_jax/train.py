@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import checkpoint, data, evaluate, models, objectives
+from vae_jax import checkpoint, data, evaluate, models, objectives, sharding
 from vae_jax.config import Config, ConfigError, OptimConfig
 from vae_jax.metrics import MetricWriter
 from vae_jax.rng import stream
@@ -84,9 +84,10 @@ class Experiment:
     model: Any
     tx: optax.GradientTransformation
     image_shape: tuple[int, int, int]
+    mesh: Any = None  # a jax.sharding.Mesh: the epoch splits each batch over its 'data' axis
 
     @classmethod
-    def build(cls, cfg: Config, image_shape: tuple[int, int, int]) -> "Experiment":
+    def build(cls, cfg: Config, image_shape: tuple[int, int, int], mesh: Any = None) -> "Experiment":
         family = models.get(cfg.model.family)
         if cfg.model.network == "conv":
             down = 2 ** sum(1 for s in cfg.model.conv_strides if s == 2)
@@ -96,7 +97,7 @@ class Experiment:
                     f"which does not divide the {image_shape[0]}x{image_shape[1]} images of "
                     f"{cfg.data.name}")
         return cls(cfg, family, family.build(cfg, image_shape), make_optimizer(cfg.optim),
-                   tuple(image_shape))
+                   tuple(image_shape), mesh)
 
     def init_state(self, seed: jax.Array | int | None = None) -> TrainState:
         base = jax.random.key(self.cfg.seed if seed is None else seed)
@@ -118,7 +119,14 @@ class Experiment:
               num_samples: int | None = None) -> dict[str, jax.Array]:
         """Per-example objective terms of a prepared batch under ``params``."""
         n = self.cfg.objective.num_samples if num_samples is None else num_samples
-        return self.family.terms(self.model, params, batch, key, n)
+        if self.cfg.model.compute_dtype == "float32":
+            return self.family.terms(self.model, params, batch, key, n)
+        # mixed precision: bf16 parameters and inputs in the forward/backward pass (the cast's
+        # gradient returns float32 to the float32 parameters); terms back in float32
+        low = sharding.compute_dtype(self.cfg.model.compute_dtype)
+        terms = self.family.terms(self.model, sharding.cast_floating(params, low),
+                                  sharding.cast_floating(batch, low), key, n)
+        return sharding.cast_floating(terms, jnp.float32)
 
     def loss_fn(self, params, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array,
                 hp: dict[str, jax.Array]):
@@ -167,7 +175,7 @@ class Experiment:
             batch = {"image": images[i]}
             if labels is not None:
                 batch["label"] = labels[i]
-            return self.train_step(st, batch, hp)
+            return self.train_step(st, sharding.constrain_batch(batch, self.mesh), hp)
 
         return jax.lax.scan(body, state, idx)
 
@@ -182,9 +190,39 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int) -> None:
                 f"checkpoint is kept (lower optim.learning_rate or set optim.grad_clip_norm)")
 
 
-def _device_data(ds: data.Dataset) -> tuple[jax.Array, jax.Array | None]:
-    labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels, jnp.int32)
-    return jnp.asarray(ds.train_images, jnp.float32), labels
+def _device_data(ds: data.Dataset, mesh=None) -> tuple[jax.Array, jax.Array | None]:
+    """The training set on the devices (replicated over ``mesh``, each process contributing its
+    slice: ``sharding.global_array``)."""
+    if mesh is None:
+        labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels, jnp.int32)
+        return jnp.asarray(ds.train_images, jnp.float32), labels
+    labels = None if ds.train_labels is None else sharding.global_array(
+        np.asarray(ds.train_labels, np.int32), mesh)
+    return sharding.global_array(np.asarray(ds.train_images, np.float32), mesh), labels
+
+
+def setup_devices(cfg: Config, num_members: int = 0):
+    """Multi-host start-up (when launched under a cluster), the mesh, and the batch check: one
+    ConfigError line before anything compiles. Returns (mesh, device description to log)."""
+    sharding.initialize_distributed(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, num_members)
+    per_device = sharding.check_batch(cfg.train.batch_size, mesh)
+    info = dict(sharding.describe(mesh, cfg.train.batch_size, num_members),
+                compute_dtype=cfg.model.compute_dtype, matmul_precision=cfg.train.matmul_precision,
+                param_sharding=cfg.mesh.param_sharding)
+    log.info("mesh %s over %d %s devices (%d processes): global batch %d, %d per device",
+             dict(mesh.shape), mesh.devices.size, info["platform"], info["processes"],
+             cfg.train.batch_size, per_device)
+    return mesh, info
+
+
+def epoch_shardings(mesh, state_sh, hp_sh, labels, member_axis: bool = False):
+    """in/out shardings of a compiled epoch ``(state, hp, images, labels, epoch, data_key) ->
+    (state, metrics)``."""
+    rep = sharding.replicated(mesh)
+    metrics_sh = sharding.member_sharding(mesh) if member_axis else rep
+    ins = (state_sh, hp_sh, rep, None if labels is None else rep, rep, rep)
+    return ins, (state_sh, metrics_sh)
 
 
 def load_data(cfg: Config) -> data.Dataset:
@@ -216,18 +254,29 @@ def _write_config(cfg: Config, workdir: str) -> None:
 def train_and_evaluate(cfg: Config, workdir: str,
                        on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Trains ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns the final
-    summary (also written to ``<workdir>/summary.json``)."""
+    summary (also written to ``<workdir>/summary.json``). Runs on all devices of all processes
+    (``config.mesh``); only process 0 writes logs, figures and JSON."""
+    with sharding.matmul_precision(cfg.train.matmul_precision):
+        return _train_and_evaluate(cfg, workdir, on_epoch_end)
+
+
+def _train_and_evaluate(cfg: Config, workdir: str,
+                        on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
+    main = sharding.is_main_process()
     os.makedirs(workdir, exist_ok=True)
     ds = load_data(cfg)
     steps_per_epoch = _check_sizes(cfg, ds)
-    exp = Experiment.build(cfg, ds.image_shape)
-    _write_config(cfg, workdir)
+    mesh, devices = setup_devices(cfg)
+    exp = Experiment.build(cfg, ds.image_shape, mesh)
+    if main:
+        _write_config(cfg, workdir)
 
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
     abstract = jax.eval_shape(exp.init_state)
-    restored = ckpt.restore_latest(abstract)
+    state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
+    restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
     if restored is None:
-        state = jax.jit(exp.init_state)()
+        state = jax.jit(exp.init_state, out_shardings=state_sh)()
         start_epoch = 0
     else:
         step, state = restored
@@ -238,17 +287,20 @@ def train_and_evaluate(cfg: Config, workdir: str,
         start_epoch = step // steps_per_epoch
         log.info("resumed from step %d (epoch %d)", step, start_epoch)
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, enabled=main)
     if start_epoch == 0:
-        writer.write_hparams(cfg.to_dict(), workdir)
-    images, labels = _device_data(ds)
+        writer.write_hparams(dict(cfg.to_dict(), devices=devices), workdir)
+    images, labels = _device_data(ds, mesh)
     evaluator = evaluate.TestELBO(exp, ds)
 
     t0 = time.perf_counter()
-    hp = hyperparams(cfg)
-    data_key = exp.data_key()
-    epoch_fn = jax.jit(exp.train_epoch, donate_argnums=0).lower(
-        state, hp, images, labels, jnp.int32(0), data_key).compile()
+    rep = sharding.replicated(mesh)
+    hp = jax.device_put(hyperparams(cfg), rep)
+    data_key = jax.device_put(exp.data_key(), rep)
+    ins, outs = epoch_shardings(mesh, state_sh, rep, labels)
+    epoch_fn = jax.jit(exp.train_epoch, in_shardings=ins, out_shardings=outs,
+                       donate_argnums=0).lower(state, hp, images, labels, jnp.int32(0),
+                                               data_key).compile()
     compile_s = time.perf_counter() - t0
 
     summary: dict[str, Any] = {}
@@ -258,7 +310,7 @@ def train_and_evaluate(cfg: Config, workdir: str,
             t = time.perf_counter()
             first_step = epoch * steps_per_epoch
             new_state, metrics = epoch_fn(state, hp, images, labels, jnp.int32(epoch), data_key)
-            metrics = jax.device_get(metrics)
+            metrics = sharding.to_host(metrics)
             seconds = time.perf_counter() - t
             _check_finite(metrics, first_step)
             state = new_state
@@ -286,14 +338,17 @@ def train_and_evaluate(cfg: Config, workdir: str,
 
     if not summary:  # already finished earlier: evaluate the restored parameters
         summary = evaluator(state.params, int(state.step), cfg.train.num_epochs)
-    if cfg.train.figures:
-        evaluate.write_figures(exp, state.params, ds, os.path.join(workdir, "figures"))
+    if cfg.train.figures:  # process 0 alone; on host copies when the params span processes
+        params = sharding.to_host(state.params) if jax.process_count() > 1 else state.params
+        if main:
+            evaluate.write_figures(exp, params, ds, os.path.join(workdir, "figures"))
     summary = dict(summary, step=int(state.step),
                    metadata=dict(evaluator.metadata(cfg.train.num_epochs),
                                  train_wall_s_this_process=round(time.perf_counter() - t0, 2),
-                                 compile_s=round(compile_s, 2)))
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+                                 compile_s=round(compile_s, 2), devices=devices))
+    if main:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 

@@ -10,6 +10,15 @@ and q(z_L | x) = N(μ̂_L, σ̂_L²). Each layer's KL is analytic given the samp
 at level 1 (encoder, posterior, decoder) are those of the plain VAE, so with one stochastic layer
 this model *is* the VAE with the same parameters. Burda et al. (2015)'s two-layer MNIST model:
 ``hidden=(200, 200)``, ``hvae_latents=(100, 50)``, ``upper_hidden=(100, 100)``, tanh.
+
+Known failure of the ladder path (measured on dynamically binarized MNIST, issue 3): with a
+learned prior, q = p is an absorbing state. Once KL pressure makes q(z_1|·) copy p(z_1|z_2), the
+decoder gains by shrinking σ_p at no KL cost, the bottom-up precision share σ̂⁻²/(σ̂⁻² + σ_p⁻²)
+falls exponentially (log σ̂² ≈ +4.7, log σ_p² ≈ −3.9 after 10 epochs at constant β), and so does
+every gradient into μ̂: the run ends at the pixel-marginal ELBO (≈ −206). A linear KL warm-up
+over 2 epochs did not prevent it; free bits per 50-dim group kept both layers active but trained
+slowly (test ELBO −137 after 10 epochs, −127 with the warm-up as well; the plain VAE: −108).
+Sønderby et al. also used batch norm and 200 warm-up epochs.
 """
 
 from __future__ import annotations
@@ -21,6 +30,16 @@ import jax.numpy as jnp
 from vae_jax import likelihoods, networks, objectives
 from vae_jax.config import ModelConfig
 from vae_jax.models import vae
+
+
+def precision_weighted(mu_hat: jax.Array, lv_hat: jax.Array, mu_p: jax.Array,
+                       lv_p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ladder posterior N(μ_q, σ_q²) of Sønderby et al. (2016), eq. 18-19:
+    σ_q⁻² = σ̂⁻² + σ_p⁻², μ_q = (μ̂ σ̂⁻² + μ_p σ_p⁻²) σ_q², in log-variances (logaddexp keeps
+    it finite for any log-variance, and μ_q uses the precision *shares*, which lie in [0, 1])."""
+    lv_q = -jnp.logaddexp(-lv_hat, -lv_p)
+    w_hat = jnp.exp(lv_q - lv_hat)  # σ̂⁻² / (σ̂⁻² + σ_p⁻²)
+    return w_hat * mu_hat + (1.0 - w_hat) * mu_p, lv_q
 
 
 class HVAE(nn.Module):
@@ -96,9 +115,7 @@ class HVAE(nn.Module):
                 mu_p = lv_p = jnp.zeros_like(mu_q)
             else:
                 mu_p, lv_p = self.top_down_prior(i, z)
-                prec_hat, prec_p = jnp.exp(-lv_hat), jnp.exp(-lv_p)
-                lv_q = -jnp.log(prec_hat + prec_p)
-                mu_q = (mu_hat * prec_hat + mu_p * prec_p) * jnp.exp(lv_q)
+                mu_q, lv_q = precision_weighted(mu_hat, lv_hat, mu_p, lv_p)
             # level 1 draws from the key itself, as the plain VAE does (L = 1 reproduces it)
             k_i = key if i == 0 else jax.random.fold_in(key, i)
             z = mu_q + jnp.exp(0.5 * lv_q) * jax.random.normal(k_i, mu_q.shape, mu_q.dtype)
