@@ -183,6 +183,38 @@ def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path, infer
     assert z1.shape == (7, 8) and np.isfinite(z1).all()
 
 
+@pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
+def test_hvae_posterior_means_and_active_units_per_layer(inference):
+    from vae_jax import evaluate
+
+    cfg = tiny(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,), hvae_inference=inference))
+    exp, ds = _exp(cfg)
+    params = jax.jit(exp.init_state)().params
+    x = jnp.asarray(ds.test_images[:64])
+    key = jax.random.key(3)
+    means = exp.model.apply({"params": params}, x, 4000, rngs={"noise": key},
+                            method=exp.model.posterior_means)
+    assert sorted(means) == ["layer1", "layer2"]
+    assert means["layer1"][0].shape == (64, 8) and means["layer2"][0].shape == (64, 4)
+    if inference == "bottom_up":  # q(z1|x) needs no draws: exactly the encoder's head
+        mu1, _ = exp.model.apply({"params": params}, x, method=exp.model.encode)
+        np.testing.assert_allclose(means["layer1"][0], mu1, rtol=1e-6, atol=1e-6)
+        # E_q[z2|x] = E_{z1 ~ q(z1|x)}[mu_2(z1)], close to (not equal to) the plug-in mu_2(E[z1])
+        h = exp.model.apply({"params": params}, mu1, method=lambda m, z: m.up_heads[0](m.up[0](z)))
+        assert 0 < float(jnp.abs(means["layer2"][0] - h[:, :4]).max()) < 0.5
+    else:
+        mu_hat = exp.model.apply({"params": params}, x, method=exp.model.bottom_up)  # the top of the ladder is its bottom-up head; level 1 is pulled towards the prior
+        np.testing.assert_allclose(means["layer2"][0], mu_hat[1][0], rtol=1e-6, atol=1e-6)
+        assert float(jnp.abs(means["layer1"][0] - mu_hat[0][0]).max()) > 1e-3
+    # the collapse evaluator reports active units for each layer from these means
+    ctx = evaluate.Context(exp, ds, params, 0, 0, folder="")
+    out = dict(evaluate.EVALUATORS["collapse"].run(ctx))
+    for name, size in (("layer1", 8), ("layer2", 4)):
+        assert 0 <= out[f"{name}/active_units"] <= size
+        assert out[f"{name}/active_units"] == int(np.sum(np.var(
+            np.asarray(ctx.posterior[name][0], np.float64), axis=0) > cfg.eval.active_unit_threshold))
+
+
 def test_ladder_posterior_is_the_precision_weighted_product_by_hand():
     from vae_jax.models import hvae
 

@@ -164,8 +164,10 @@ def _prepare(tfds, builder, name, manual_dir):
     # TFDS caches extractions of manual files as <downloads>/extracted/GZIP.<file name>,
     # shared by all datasets: fashion_mnist would silently reuse mnist's files of the same
     # names. A private extraction dir, deleted afterwards, avoids that and any stale state.
+    # Its clean-up never masks TFDS's own error: after a failed prepare, TFDS's extraction
+    # threads may still be writing there (seen as "Directory not empty" in CI).
     try:
-        with tempfile.TemporaryDirectory(prefix=f"vae_jax-{name}-") as extract_dir:
+        with tempfile.TemporaryDirectory(prefix=f"vae_jax-{name}-", ignore_cleanup_errors=True) as extract_dir:
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 manual_dir=md, extract_dir=extract_dir))
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; report one line

@@ -204,7 +204,17 @@ def terms_inference(exp: "Experiment") -> Inference:
                                 f"(no stochastic encoder)")
         return t["log_w"]
 
-    posterior = (lambda params, batch: _encode(exp, params, batch)) if hasattr(exp.model, "encode") else None
+    if hasattr(exp.model, "posterior_means"):  # hierarchical: every level of the full inference path
+        key = stream(jax.random.key(exp.cfg.seed), "posterior_means")
+
+        def posterior(params, batch):
+            return exp.model.apply({"params": params}, batch["image"], rngs={"noise": key},
+                                   method=exp.model.posterior_means)
+    elif hasattr(exp.model, "encode"):
+        def posterior(params, batch):
+            return _encode(exp, params, batch)
+    else:
+        posterior = None
     return Inference(posterior, log_weights)
 
 

@@ -106,6 +106,7 @@ class HVAE(nn.Module):
         top = len(levels) - 1
         key = self.make_rng("noise")
         kls, log_p, log_q = [None] * len(levels), 0.0, 0.0
+        qs = [None] * len(levels)
         z = None
         for i in reversed(range(len(levels))):
             mu_hat, lv_hat = levels[i]
@@ -119,9 +120,10 @@ class HVAE(nn.Module):
             # level 1 draws from the key itself, as the plain VAE does (L = 1 reproduces it)
             k_i = key if i == 0 else jax.random.fold_in(key, i)
             z = mu_q + jnp.exp(0.5 * lv_q) * jax.random.normal(k_i, mu_q.shape, mu_q.dtype)
+            qs[i] = (mu_q, lv_q)
             kls[i], lp, lq = self._level_terms(z, mu_q, lv_q, mu_p, lv_p, i == top)
             log_p, log_q = log_p + lp, log_q + lq
-        return self._decode_out(x, z, num_samples, kls, log_p, log_q)
+        return self._decode_out(x, z, num_samples, kls, log_p, log_q, qs)
 
     def _bottom_up_path(self, x: jax.Array, num_samples: int) -> dict[str, jax.Array]:
         """Burda et al.'s inference: z_1 ~ q(z_1|x), then z_{i+1} ~ q(z_{i+1}|z_i) from the sample."""
@@ -143,7 +145,7 @@ class HVAE(nn.Module):
             mu_p, lv_p = (jnp.zeros_like(zs[i]),) * 2 if i == top else self.top_down_prior(i, zs[i + 1])
             kls[i], lp, lq = self._level_terms(zs[i], *qs[i], mu_p, lv_p, i == top)
             log_p, log_q = log_p + lp, log_q + lq
-        return self._decode_out(x, zs[0], num_samples, kls, log_p, log_q)
+        return self._decode_out(x, zs[0], num_samples, kls, log_p, log_q, qs)
 
     @staticmethod
     def _level_terms(z, mu_q, lv_q, mu_p, lv_p, is_top: bool):
@@ -153,9 +155,19 @@ class HVAE(nn.Module):
         return (jnp.mean(kl, 0), objectives.diag_gaussian_log_prob(z, mu_p, lv_p),
                 objectives.diag_gaussian_log_prob(z, mu_q, lv_q))
 
-    def _decode_out(self, x, z1, num_samples, kls, log_p, log_q) -> dict[str, jax.Array]:
+    def _decode_out(self, x, z1, num_samples, kls, log_p, log_q, qs) -> dict[str, jax.Array]:
         params = self.decoder(z1.reshape(-1, z1.shape[-1])).reshape(num_samples, *x.shape[:-1], -1)
-        return {"kl_levels": kls, "log_pz": log_p, "log_qz": log_q, "params": params}
+        return {"kl_levels": kls, "log_pz": log_p, "log_qz": log_q, "params": params,
+                "q_levels": qs}
+
+    def posterior_means(self, x: jax.Array, num_samples: int = 16) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """Per level ('layer1' = next to x), E_q[z_i | x] and the mean log σ² of q(z_i | ·),
+        averaged over ``num_samples`` draws of the levels q(z_i | ·) is conditioned on (z_{i-1}
+        bottom-up, z_{i+1} in the ladder): the posterior means whose covariance over x counts
+        active units per layer (Burda et al. 2015). Level 1 of the bottom-up path needs no draws."""
+        out = self(x, num_samples)
+        return {f"layer{i + 1}": (jnp.mean(mu, 0), jnp.mean(lv, 0))
+                for i, (mu, lv) in enumerate(out["q_levels"])}
 
 
 def terms(model: HVAE, params, batch: dict[str, jax.Array], key: jax.Array,
