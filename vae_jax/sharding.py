@@ -67,7 +67,14 @@ def initialize_distributed(cfg: MeshConfig) -> bool:
         return True
     if cfg.distributed == "off" or (cfg.distributed == "auto" and cluster_size() == 1):
         return False
-    jax.distributed.initialize()
+    env = os.environ
+    if env.get("JAX_NUM_PROCESSES", "").isdigit() and env.get("JAX_PROCESS_ID", "").isdigit():
+        # a generic launch (any launcher, or several processes on one machine): the coordinator
+        # from JAX_COORDINATOR_ADDRESS, the process count and id from these two variables
+        jax.distributed.initialize(num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    else:  # SLURM, Open MPI, TPU metadata: JAX detects the cluster itself
+        jax.distributed.initialize()
     log.info("jax.distributed: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
