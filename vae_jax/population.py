@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
 import time
@@ -45,7 +44,6 @@ from vae_jax import checkpoint, evaluate, sharding, train
 from vae_jax.config import Config, ConfigError, member_configs
 from vae_jax.metrics import MetricWriter
 
-log = logging.getLogger(__name__)
 
 MEMBERS_DIR = "members"
 
@@ -251,18 +249,10 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names) -> dict[str,
     init = init_fn(exp)
     abstract = jax.eval_shape(init, member_seeds)
     state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh, member_axis=True)
-    restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
-    if restored is None:
-        state = jax.jit(init, in_shardings=msh, out_shardings=state_sh)(member_seeds)
-        start_epoch = 0
-    else:
-        step, state = restored
-        if step % steps_per_epoch:
-            raise checkpoint.CheckpointError(
-                f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
-                f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
-        start_epoch = step // steps_per_epoch
-        log.info("resumed population from step %d (epoch %d)", step, start_epoch)
+    state, start_epoch = train.restore_or_init(
+        ckpt, sharding.with_shardings(abstract, state_sh), steps_per_epoch,
+        lambda: jax.jit(init, in_shardings=msh, out_shardings=state_sh)(member_seeds),
+        what="population")
 
     writers = [MetricWriter(d, enabled=main) for d in dirs]
     for d, w, m in zip(dirs, writers, members):

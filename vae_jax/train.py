@@ -251,6 +251,23 @@ def _write_config(cfg: Config, workdir: str) -> None:
         json.dump(new, f, indent=2, sort_keys=True)
 
 
+def restore_or_init(ckpt: checkpoint.Checkpointer, target: Any, steps_per_epoch: int,
+                    init: Callable[[], Any], what: str = "run") -> tuple[Any, int]:
+    """(state, first epoch to train): the latest checkpoint restored into ``target`` (abstract
+    arrays with their shardings), or ``init()`` at epoch 0 when there is none. A checkpoint that
+    does not end on an epoch boundary is refused in one line."""
+    restored = ckpt.restore_latest(target)
+    if restored is None:
+        return init(), 0
+    step, state = restored
+    if step % steps_per_epoch:
+        raise checkpoint.CheckpointError(
+            f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
+            f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
+    log.info("resumed %s from step %d (epoch %d)", what, step, step // steps_per_epoch)
+    return state, step // steps_per_epoch
+
+
 def train_and_evaluate(cfg: Config, workdir: str,
                        on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Trains ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns the final
@@ -274,18 +291,9 @@ def _train_and_evaluate(cfg: Config, workdir: str,
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
     abstract = jax.eval_shape(exp.init_state)
     state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
-    restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
-    if restored is None:
-        state = jax.jit(exp.init_state, out_shardings=state_sh)()
-        start_epoch = 0
-    else:
-        step, state = restored
-        if step % steps_per_epoch:
-            raise checkpoint.CheckpointError(
-                f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
-                f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
-        start_epoch = step // steps_per_epoch
-        log.info("resumed from step %d (epoch %d)", step, start_epoch)
+    state, start_epoch = restore_or_init(
+        ckpt, sharding.with_shardings(abstract, state_sh), steps_per_epoch,
+        lambda: jax.jit(exp.init_state, out_shardings=state_sh)())
 
     writer = MetricWriter(workdir, enabled=main)
     if start_epoch == 0:
