@@ -60,7 +60,7 @@ def gradient_fn(exp, estimator: str, num_samples: int):
 
         def log_px(z):
             out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
-            return evaluate.pixel_log_prob(lik, out.reshape(L, *x.shape[:-1], -1), x)  # [L, B]
+            return lik.log_prob(out.reshape(L, *x.shape[:-1], -1), x)  # [L, B]
 
         if estimator == "reparameterization":
             return jnp.mean(jnp.mean(log_px(z), 0) - kl)
