@@ -267,6 +267,8 @@ def test_eval_cli_writes_eval_json_with_metadata_and_figures(trained):
     for field in ("dataset", "binarization", "split", "num_images", "epochs", "hardware", "wall_s"):
         assert field in meta, field
     assert meta["dataset"] == "digits" and meta["epochs"] == 30 and meta["num_images"] == 297
+    hidden = "-".join(map(str, cfg.model.hidden))
+    assert meta["model"] == f"vae mlp {hidden} {cfg.model.activation}, latent {cfg.model.latent_dim}"
     assert meta["estimator"].startswith("ELBO")
     assert "k=50" in meta["evaluators"]["importance_sampling"]["estimator"]
     assert set(meta["evaluators"]) == set(cfg.eval.evaluators)
@@ -282,6 +284,14 @@ def test_eval_cli_writes_eval_json_with_metadata_and_figures(trained):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "config.eval.evaluators" in bad.stderr and "'nope'" in bad.stderr
+
+
+def test_model_description_names_every_stochastic_layer():
+    hvae = config_lib.from_config_dict(load_config_dict("mnist_hvae")).model
+    assert evaluate.describe_model(hvae) == ("hvae mlp 200-200 tanh, latents 100-50 "
+                                             "(upper 100-100, bottom_up inference)")
+    burda = config_lib.from_config_dict(load_config_dict("mnist_burda_vae")).model
+    assert evaluate.describe_model(burda) == "vae mlp 200-200 tanh, latent 50"
 
 
 BAD_EVAL = [

@@ -59,6 +59,20 @@ def binarization_note(exp: "Experiment", ds: data.Dataset) -> str:
     return f"none (grayscale in [0, 1], scale '{exp.cfg.data.scale}')"
 
 
+def describe_model(m) -> str:
+    """The architecture a reported number belongs to, in one line: family, network widths (or
+    conv channels), latent sizes and the activation, e.g. 'hvae mlp 200-200 tanh, latents 100-50
+    (upper 100-100, bottom_up inference)'."""
+    net = "-".join(map(str, m.hidden if m.network == "mlp" else m.conv_channels))
+    out = f"{m.family} {m.network} {net} {m.activation}, "
+    if m.family == "hvae":
+        return out + (f"latents {'-'.join(map(str, m.hvae_latents))} (upper "
+                      f"{'-'.join(map(str, m.upper_hidden))}, {m.hvae_inference} inference)")
+    if m.family == "vqvae":
+        return out + f"{m.latent_dim} codes from {m.vq_num_codes} x {m.vq_code_dim}"
+    return out + f"latent {m.latent_dim}"
+
+
 def common_metadata(exp: "Experiment", ds: data.Dataset, epochs: int) -> dict[str, Any]:
     """What every reported number needs next to it to be comparable."""
     m = exp.cfg.model
@@ -68,7 +82,7 @@ def common_metadata(exp: "Experiment", ds: data.Dataset, epochs: int) -> dict[st
         "num_images": len(ds.test_images),
         "binarization": binarization_note(exp, ds),
         "likelihood": m.likelihood,
-        "model": f"{m.family} {m.network} latent {m.latent_dim}",
+        "model": describe_model(m),
         "epochs": epochs,
         "seed": exp.cfg.seed,
         "hardware": hardware(),
