@@ -12,6 +12,11 @@ medians, the ratio population / sequential (median of the per-epoch ratios) and 
 member and in all. Population modes: 'vmap' (members in lockstep, batched matmuls) and 'map'
 (members one after another inside the compiled call); see vae_jax/population.py. It also prints
 what XLA emitted for the dense layers of the vmapped program (plain vs batched dots).
+
+``--cpu_devices N`` splits the host CPU into N XLA devices (``--xla_force_host_platform_device_
+count``) and shards the population's members over them (mesh ``members=N``): with 'map' each
+device runs its share of the members one after another and the devices run side by side, still
+bit for bit the single runs. The sequential baseline stays on one device, as a single run would.
 """
 
 from __future__ import annotations
@@ -25,13 +30,20 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--cpu_devices", type=int, default=1)
+CPU_DEVICES = _pre.parse_known_args()[0].cpu_devices
+if CPU_DEVICES > 1:  # before jax creates its CPU client
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={CPU_DEVICES}")
 
-from vae_jax import config as config_lib
-from vae_jax import data, evaluate, population, train
-from vae_jax.sweep import load_config_file
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vae_jax import config as config_lib  # noqa: E402
+from vae_jax import data, evaluate, population, sharding, train  # noqa: E402
+from vae_jax.sweep import load_config_file  # noqa: E402
 
 BETAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -55,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=0, help="use only this many steps per epoch (0 = all)")
     p.add_argument("--strategies", default="vmap,map", help="population modes to time")
     p.add_argument("--json", default="", help="also write the figures here")
+    p.add_argument("--cpu_devices", type=int, default=1,
+                   help="split the CPU into this many XLA devices and the members over them")
     a = p.parse_args(argv)
     try:
         raw = load_config_file(a.config)
@@ -68,6 +82,10 @@ def main(argv=None) -> int:
                                          f"{', '.join(config_lib.POPULATION_STRATEGIES)}")
         if a.members < 1 or a.epochs < 1:
             raise config_lib.ConfigError(f"--members={a.members} --epochs={a.epochs}: must be >= 1")
+        if a.cpu_devices < 1 or a.members % a.cpu_devices or (
+                a.cpu_devices > 1 and jax.default_backend() != "cpu"):
+            raise config_lib.ConfigError(f"--cpu_devices={a.cpu_devices}: must be >= 1, divide "
+                                         f"--members={a.members}, and be 1 off CPU")
         if a.synthetic:
             rng = np.random.default_rng(0)
             imgs = rng.random((60000, 28, 28, 1), dtype=np.float32)
@@ -104,10 +122,21 @@ def main(argv=None) -> int:
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     modes: dict[str, dict] = {}
+    mesh = None
+    if a.cpu_devices > 1:
+        mesh = sharding.make_mesh(config_lib.MeshConfig(members=a.cpu_devices, data=1), M,
+                                  jax.devices()[: a.cpu_devices])
+        print(f"members split over {a.cpu_devices} CPU devices, {M // a.cpu_devices} on each")
     for s in strategies:
         state = jax.jit(population.init_fn(exp))(seeds)
+        jit_kw: dict = {}
+        if mesh is not None:
+            msh, rep = sharding.member_sharding(mesh), sharding.replicated(mesh)
+            state = jax.device_put(state, msh)
+            jit_kw = dict(in_shardings=(msh, msh, rep, None if labels is None else rep, rep, rep),
+                          out_shardings=(msh, msh))
         t = time.perf_counter()
-        fn = jax.jit(population.epoch_fn(exp, s), donate_argnums=0).lower(
+        fn = jax.jit(population.epoch_fn(exp, s, mesh), donate_argnums=0, **jit_kw).lower(
             state, hp, images, labels, jnp.int32(0), data_key).compile()
         modes[f"population/{s}"] = dict(fn=fn, state=state, compile_s=time.perf_counter() - t)
         if s == "vmap":

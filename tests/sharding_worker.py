@@ -153,10 +153,17 @@ def sharded_population(out: dict, root: str) -> None:
         s = population.train_and_evaluate(cfg, wd)
         res[name] = (s, population.restore(cfg, wd)[3])
     (s8, st8), (s1, st1) = res["sharded"], res["single"]
-    auto = population.resolve_strategy("auto", 8)
+    # 'map' over the 8 member rows against 'map' on one device: bit for bit
+    maps = {}
+    for name, cfg in (("map_sharded", sharded), ("map_single", single)):
+        cfg = replace(cfg, population=dict(strategy="map"))
+        wd = os.path.join(root, f"pop_{name}")
+        population.train_and_evaluate(cfg, wd)
+        maps[name] = population.restore(cfg, wd)[3]
     try:
-        population.train_and_evaluate(replace(sharded, population=dict(strategy="map")),
-                                      os.path.join(root, "pop_map"))
+        population.train_and_evaluate(
+            replace(base, mesh=dict(members=4, data=2), population=dict(strategy="map")),
+            os.path.join(root, "pop_map_data"))
         map_error = ""
     except ConfigError as e:
         map_error = str(e)
@@ -164,8 +171,10 @@ def sharded_population(out: dict, root: str) -> None:
         "param_diff": max_diff(st8.params, st1.params),
         "elbo_diff": max(abs(s8["members"][k]["elbo"] - s1["members"][k]["elbo"]) for k in s8["members"]),
         "mesh_8": s8["metadata"]["devices"]["mesh"], "mesh_1": s1["metadata"]["devices"]["mesh"],
-        "auto_strategy_when_sharded": auto, "map_error": map_error,
-        "map_workdir_has_checkpoints": os.path.isdir(os.path.join(root, "pop_map", "checkpoints")),
+        "map_sharded_diff": max_diff(maps["map_sharded"].params, maps["map_single"].params),
+        "auto_strategy": [population.resolve_strategy("auto", d) for d in (1, 2)],
+        "map_error": map_error,
+        "map_workdir_has_checkpoints": os.path.isdir(os.path.join(root, "pop_map_data", "checkpoints")),
     }
 
 

@@ -81,8 +81,10 @@ def test_population_sharded_over_members_equals_unsharded(eight):
     assert r["mesh_8"] == {"members": 8, "data": 1} and r["mesh_1"] == {"members": 1, "data": 1}
     assert r["param_diff"] < RUN_ATOL
     assert r["elbo_diff"] < 1e-4
-    assert r["auto_strategy_when_sharded"] == "vmap"
+    assert r["map_sharded_diff"] == 0.0  # members split over 8 rows, each bit for bit
+    assert r["auto_strategy"] == ["map", "vmap"]  # CPU: 'map' unless batches are split
     assert r["map_error"].startswith("config.population.strategy='map'") and "\n" not in r["map_error"]
+    assert "config.mesh.data=2" in r["map_error"]
     assert not r["map_workdir_has_checkpoints"]
 
 

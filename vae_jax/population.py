@@ -13,7 +13,9 @@ bit the single runs. On XLA:CPU the batched matmuls of 'vmap' run slower per FLO
 single run's plain ones and the scanned single run has no per-step overhead left to amortize, so
 there 'map' is faster (measured 1.13-1.17x sequential for 'vmap', 0.97-1.03x for 'map' with 8
 members of the 784-400-20 MLP on 2 cores; ``scripts/benchmark_population.py``); the default
-'auto' takes 'map' on CPU and 'vmap' on accelerators.
+'auto' takes 'map' on CPU and 'vmap' on accelerators. With the members split over the mesh's
+'members' axis, 'map' runs each device's share one after another and the devices side by side
+(``shard_map``); on a CPU split into two XLA devices that is about 0.9x sequential.
 
 Workdir layout (one checkpoint for the whole population, everything else per member, each member
 folder shaped like a single run's workdir, so figures and aggregation treat it as one)::
@@ -105,19 +107,20 @@ def init_fn(exp: train.Experiment) -> Callable[[jax.Array], train.TrainState]:
     return jax.vmap(exp.init_state)
 
 
-def resolve_strategy(strategy: str, member_shards: int = 1) -> str:
-    """'auto' -> 'map' on CPU (see the module docstring), 'vmap' on accelerators, and 'vmap'
-    whenever the member axis is split over devices (``member_shards`` > 1)."""
+def resolve_strategy(strategy: str, data_shards: int = 1) -> str:
+    """'auto' -> 'map' on CPU (see the module docstring), 'vmap' on accelerators and whenever a
+    batch is split over devices (``data_shards`` > 1). 'map' runs each member on whole batches,
+    so it needs ``data_shards`` = 1 (the members may be split over device rows)."""
     if strategy == "auto":
-        return "map" if jax.default_backend() == "cpu" and member_shards == 1 else "vmap"
-    if strategy == "map" and member_shards > 1:
-        raise ConfigError(f"config.population.strategy='map': runs members one after another, so "
-                          f"they cannot be split over config.mesh.members={member_shards} device "
-                          f"rows; use 'vmap' or 'auto'")
+        return "map" if jax.default_backend() == "cpu" and data_shards == 1 else "vmap"
+    if strategy == "map" and data_shards > 1:
+        raise ConfigError(f"config.population.strategy='map': runs each member on whole batches, "
+                          f"so it cannot split them over config.mesh.data={data_shards} devices; "
+                          f"use 'vmap' or config.mesh.data=1")
     return strategy
 
 
-def epoch_fn(exp: train.Experiment, strategy: str = "vmap", member_shards: int = 1):
+def epoch_fn(exp: train.Experiment, strategy: str = "vmap", mesh: Any = None):
     """The population's epoch ``(states, hps, images, labels, epoch, data_key) -> (states,
     metrics)``, states, hps and metrics with a leading member axis; images, labels, epoch and data
     key are shared (one data order). Jit it with the states donated.
@@ -127,17 +130,31 @@ def epoch_fn(exp: train.Experiment, strategy: str = "vmap", member_shards: int =
     matmul over all members' weights). The summation order of those matmuls differs from a single
     run's, so members agree with their single runs to float rounding, which training amplifies.
     'map': ``lax.map`` over members of the same ``train_epoch``: the members' epochs run one
-    after another inside the compiled call, compiled once, each bit for bit its single run.
+    after another inside the compiled call, compiled once, each bit for bit its single run. With
+    ``mesh`` whose 'members' axis is > 1, ``shard_map`` gives each device row its slice of the
+    members and the rows run side by side (still bit for bit; on one host's CPU, split into
+    several XLA devices, the rows share the cores: see scripts/benchmark_population.py).
     """
-    strategy = resolve_strategy(strategy, member_shards)
+    member_shards = 1 if mesh is None else mesh.shape["members"]
+    data_shards = 1 if mesh is None else mesh.shape["data"]
+    strategy = resolve_strategy(strategy, data_shards)
     if strategy == "vmap":
         return jax.vmap(exp.train_epoch, in_axes=(0, 0, None, None, None, None))
-    if strategy == "map":
-        def mapped(states, hps, images, labels, epoch, data_key):
-            return jax.lax.map(lambda sh: exp.train_epoch(sh[0], sh[1], images, labels, epoch, data_key),
-                               (states, hps))
+    if strategy != "map":
+        raise ConfigError(f"config.population.strategy={strategy!r}: must be one of auto, vmap, map")
+    whole = dataclasses.replace(exp, mesh=None)  # every device steps on whole batches
+
+    def mapped(states, hps, images, labels, epoch, data_key):
+        return jax.lax.map(lambda sh: whole.train_epoch(sh[0], sh[1], images, labels, epoch, data_key),
+                           (states, hps))
+
+    if member_shards == 1:
         return mapped
-    raise ConfigError(f"config.population.strategy={strategy!r}: must be one of auto, vmap, map")
+    row, shared = jax.sharding.PartitionSpec("members"), jax.sharding.PartitionSpec()
+    # check_vma=False: the Bernoulli likelihood's custom VJP (likelihoods.py) returns a cotangent
+    # for the shared images that varies over members, which the varying-axes check refuses
+    return jax.shard_map(mapped, mesh=mesh, in_specs=(row, row, shared, shared, shared, shared),
+                         out_specs=(row, row), check_vma=False)
 
 
 def member(tree: Any, i: int) -> Any:
@@ -237,8 +254,8 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names) -> dict[str,
     ds = train.load_data(cfg)
     steps_per_epoch = train._check_sizes(cfg, ds)
     mesh, devices = train.setup_devices(cfg, len(members))
-    member_shards = mesh.shape["members"]
-    strategy = resolve_strategy(cfg.population.strategy, member_shards)  # fails before compiling
+    # fails before compiling
+    strategy = resolve_strategy(cfg.population.strategy, mesh.shape["data"])
     exp = train.Experiment.build(members[0], ds.image_shape, mesh)  # structure shared by all
     exps = [exp] + [train.Experiment.build(m, ds.image_shape) for m in members[1:]]
 
@@ -271,7 +288,7 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names) -> dict[str,
     hp = jax.device_put(stack_hyperparams(members), msh)
     data_key = jax.device_put(exp.data_key(), sharding.replicated(mesh))
     ins, outs = train.epoch_shardings(mesh, state_sh, msh, labels, member_axis=True)
-    run_epoch = jax.jit(epoch_fn(exp, strategy, member_shards), in_shardings=ins,
+    run_epoch = jax.jit(epoch_fn(exp, strategy, mesh), in_shardings=ins,
                         out_shardings=outs, donate_argnums=0).lower(
         state, hp, images, labels, jnp.int32(0), data_key).compile()
     compile_s = time.perf_counter() - t0
