@@ -13,8 +13,8 @@ member and in all. Population modes: 'vmap' (members in lockstep, batched matmul
 (members one after another inside the compiled call); see vae_jax/population.py. It also prints
 what XLA emitted for the dense layers of the vmapped program (plain vs batched dots).
 
-``--cpu_devices N`` splits the host CPU into N XLA devices (``--xla_force_host_platform_device_
-count``) and shards the population's members over them (mesh ``members=N``): with 'map' each
+``--cpu_devices N`` splits the host CPU into N XLA devices (``jax_num_cpu_devices``) and shards
+the population's members over them (mesh ``members=N``): with 'map' each
 device runs its share of the members one after another and the devices run side by side, still
 bit for bit the single runs. The sequential baseline stays on one device, as a single run would.
 """
@@ -30,20 +30,13 @@ import statistics
 import sys
 import time
 
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--cpu_devices", type=int, default=1)
-CPU_DEVICES = _pre.parse_known_args()[0].cpu_devices
-if CPU_DEVICES > 1:  # before jax creates its CPU client
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={CPU_DEVICES}")
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vae_jax import config as config_lib  # noqa: E402
-from vae_jax import data, evaluate, population, sharding, train  # noqa: E402
-from vae_jax.sweep import load_config_file  # noqa: E402
+from vae_jax import config as config_lib
+from vae_jax import data, evaluate, population, sharding, train
+from vae_jax.sweep import load_config_file
 
 BETAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -82,10 +75,13 @@ def main(argv=None) -> int:
                                          f"{', '.join(config_lib.POPULATION_STRATEGIES)}")
         if a.members < 1 or a.epochs < 1:
             raise config_lib.ConfigError(f"--members={a.members} --epochs={a.epochs}: must be >= 1")
-        if a.cpu_devices < 1 or a.members % a.cpu_devices or (
-                a.cpu_devices > 1 and jax.default_backend() != "cpu"):
-            raise config_lib.ConfigError(f"--cpu_devices={a.cpu_devices}: must be >= 1, divide "
-                                         f"--members={a.members}, and be 1 off CPU")
+        if a.cpu_devices < 1 or a.members % a.cpu_devices:
+            raise config_lib.ConfigError(f"--cpu_devices={a.cpu_devices}: must be >= 1 and divide "
+                                         f"--members={a.members}")
+        if a.cpu_devices > 1:  # before anything touches a device
+            jax.config.update("jax_num_cpu_devices", a.cpu_devices)
+            if jax.default_backend() != "cpu":
+                raise config_lib.ConfigError(f"--cpu_devices={a.cpu_devices}: only on CPU")
         if a.synthetic:
             rng = np.random.default_rng(0)
             imgs = rng.random((60000, 28, 28, 1), dtype=np.float32)
