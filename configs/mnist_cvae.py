@@ -12,7 +12,7 @@ def get_config():
     c = base_config()
     c.data.name = "mnist"
     c.model.family = "cvae"
-    c.model.cvae_prior = "learned"
+    c.model.cvae.prior = "learned"
     c.model.hidden = (400, 400)
     c.model.latent_dim = 20
     c.train.num_epochs = 20

@@ -14,7 +14,7 @@ def get_config():
     c = base_config()
     c.data.name = "mnist"
     c.model.family = "dae"
-    c.model.dae_noise = 0.3
+    c.model.dae.noise = 0.3
     c.model.network = "mlp"
     c.model.hidden = (400, 400)
     c.model.latent_dim = 20

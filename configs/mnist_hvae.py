@@ -16,9 +16,9 @@ def get_config():
     c.data.binarization = "dynamic"
     c.model.family = "hvae"
     c.model.hidden = (200, 200)
-    c.model.hvae_latents = (100, 50)
-    c.model.upper_hidden = (100, 100)
-    c.model.hvae_inference = "bottom_up"  # Burda et al.; "ladder" for Sønderby et al.
+    c.model.hvae.latents = (100, 50)
+    c.model.hvae.upper_hidden = (100, 100)
+    c.model.hvae.inference = "bottom_up"  # Burda et al.; "ladder" for Sønderby et al.
     c.model.activation = "tanh"
     c.model.likelihood = "bernoulli"
     c.optim.learning_rate = 1e-3

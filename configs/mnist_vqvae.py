@@ -9,7 +9,7 @@ uniform prior over codes of the paper).
     python -m vae_jax.main --config configs/mnist_vqvae.py --workdir runs/mnist_vqvae \\
         --config.data.manual_dir=../shared/datasets
 
-Codebook trained by its loss instead of EMA: --config.model.vq_ema=False
+Codebook trained by its loss instead of EMA: --config.model.vqvae.ema=False
 """
 
 from vae_jax.config import base_config
@@ -24,11 +24,11 @@ def get_config():
     c.model.conv_channels = (32, 64, 128)
     c.model.conv_strides = (2, 2, 1)
     c.model.latent_dim = 16  # code vectors per image
-    c.model.vq_num_codes = 128
-    c.model.vq_code_dim = 16
-    c.model.vq_commitment = 0.25
-    c.model.vq_ema = True
-    c.model.vq_decay = 0.99
+    c.model.vqvae.num_codes = 128
+    c.model.vqvae.code_dim = 16
+    c.model.vqvae.commitment = 0.25
+    c.model.vqvae.ema = True
+    c.model.vqvae.decay = 0.99
     c.model.likelihood = "logistic"
     c.optim.learning_rate = 1e-3
     c.train.batch_size = 128

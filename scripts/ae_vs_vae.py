@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import config as config_lib
-from vae_jax import checkpoint, data, evaluate, plots, train
+from vae_jax import checkpoint, data, estimators, experiment, plots, train
 
 
 def load_config(path: str) -> config_lib.Config:
@@ -80,19 +80,20 @@ def compare(cfg_ae: config_lib.Config, ae_dir: str, cfg_vae: config_lib.Config, 
             out_png: str, num: int = 64, seed: int = 0) -> dict:
     """Restores both runs, draws ``num`` z ~ N(0, I) (the same for both), writes the figure and
     returns the numbers."""
-    runs = {"AE": evaluate.restore(cfg_ae, ae_dir), "VAE": evaluate.restore(cfg_vae, vae_dir)}
-    d = {name: r[0].cfg.model.latent_dim for name, r in runs.items()}
+    runs = {"AE": experiment.restore(cfg_ae, ae_dir), "VAE": experiment.restore(cfg_vae, vae_dir)}
+    d = {name: r.experiments[0].cfg.model.latent_dim for name, r in runs.items()}
     if d["AE"] != d["VAE"]:
         raise config_lib.ConfigError(f"latent sizes differ (AE {d['AE']}, VAE {d['VAE']}): the "
                                      f"comparison needs the same z for both")
     z = np.asarray(jax.random.normal(jax.random.key(seed), (num, d["AE"])))
     out, panels = {}, {}
-    for name, (exp, ds, step, params) in runs.items():
+    for name, (exps, ds, step, state) in runs.items():
+        exp, params = exps[0], state.params
         key = jax.random.key(exp.cfg.data.eval_binarization_seed)
         x_train = exp.prepare(jnp.asarray(ds.train_images, jnp.float32), key)
-        x_test = evaluate.test_images(exp, ds)[:16]
-        enc = jax.jit(lambda p, x, exp=exp: evaluate.encode_mean(exp, p, x))
-        dec = jax.jit(lambda p, z, exp=exp: evaluate.decode_mean(exp, p, z))
+        x_test = estimators.test_images(exp, ds)[:16]
+        enc = jax.jit(lambda p, x, exp=exp: exp.family.encode(exp.model, p, {"image": x})[0])
+        dec = jax.jit(lambda p, z, exp=exp: estimators.decode_mean(exp, p, z))
         codes = np.concatenate([np.asarray(enc(params, x_train[i:i + 1000]))
                                 for i in range(0, x_train.shape[0], 1000)]).astype(np.float64)
         samples = _unit(exp, dec(params, jnp.asarray(z, jnp.float32)))

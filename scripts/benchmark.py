@@ -40,7 +40,7 @@ import numpy as np
 from ml_collections import config_flags  # noqa: F401  (keeps absl flag parsing consistent)
 
 from vae_jax import config as config_lib
-from vae_jax import data, evaluate, sharding, train
+from vae_jax import data, estimators, experiment, sharding, train
 
 
 def load_config(path: str) -> config_lib.Config:
@@ -74,7 +74,7 @@ def matmul_peak(size: int, repeats: int = 5) -> float:
     return 2.0 * size ** 3 / best
 
 
-def step_flops(exp: train.Experiment, state, batch, hp) -> float:
+def step_flops(exp: experiment.Experiment, state, batch, hp) -> float:
     """XLA's FLOP count of one training step on one device (the global work of a step)."""
     cost = jax.jit(exp.train_step).lower(state, batch, hp).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -169,25 +169,25 @@ def main(argv=None) -> int:
             ds = data.Dataset(cfg.data.name + "(synthetic)", imgs, labels, imgs[:1000], labels[:1000],
                               10, False, "synthetic", "synthetic")
         else:
-            ds = train.load_data(cfg)
+            ds = experiment.load_data(cfg)
         mesh, devices = train.setup_devices(cfg)
     except (config_lib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    exp = train.Experiment.build(cfg, ds.image_shape, mesh)
+    exp = experiment.Experiment.build(cfg, ds.image_shape, mesh)
     steps = len(ds.train_images) // cfg.train.batch_size
-    images, labels = train._device_data(ds, mesh)
+    images, labels = train.device_data(ds, mesh)
     abstract = jax.eval_shape(exp.init_state)
     state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
     state = jax.jit(exp.init_state, out_shardings=state_sh)()
     rep = sharding.replicated(mesh)
-    hp = jax.device_put(train.hyperparams(cfg), rep)
-    flops = step_flops(train.Experiment.build(cfg, ds.image_shape), jax.eval_shape(exp.init_state),
+    hp = jax.device_put(experiment.hyperparams(cfg), rep)
+    flops = step_flops(experiment.Experiment.build(cfg, ds.image_shape), jax.eval_shape(exp.init_state),
                        {"image": jax.ShapeDtypeStruct((cfg.train.batch_size, *ds.image_shape),
                                                       jnp.float32),
                         "label": jax.ShapeDtypeStruct((cfg.train.batch_size,), jnp.int32)},
-                       train.hyperparams(cfg)) * steps
+                       experiment.hyperparams(cfg)) * steps
     t = time.perf_counter()
     ins, outs = train.epoch_shardings(mesh, state_sh, rep, labels)
     with sharding.matmul_precision(cfg.train.matmul_precision):
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         "matmul_peak_flops_per_device": round(peak, 1),
         # fake CPU devices share the host's cores: their peak is not n times one device's
         "fraction_of_peak": round(flops / s_epoch / (peak * (1 if devices["platform"] == "cpu" else n_dev)), 4),
-        "hardware": evaluate.hardware(),
+        "hardware": estimators.hardware(),
         "jax": jax.__version__,
         **{k: round(v, 1) for k, v in peak_memory_mb().items()},
     }

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae_jax import checkpoint, config, data, evaluate, train
+from vae_jax import checkpoint, config, data, estimators, evaluate, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Restore this run's latest checkpoint (read only).")
@@ -54,11 +54,12 @@ def main(argv) -> int:
         cfg = dataclasses.replace(
             cfg, eval=dataclasses.replace(cfg.eval, evaluators=("importance_sampling",)))
         if _WORKDIR.value:
-            exp, ds, step, params = evaluate.restore(cfg, _WORKDIR.value)
+            r = experiment.restore(cfg, _WORKDIR.value)
+            exp, ds, step, params = r.experiments[0], r.dataset, r.step, r.params()
             source = f"checkpoint step {step} of {_WORKDIR.value}"
         else:
-            ds = train.load_data(cfg)
-            exp = train.Experiment.build(cfg, ds.image_shape)
+            ds = experiment.load_data(cfg)
+            exp = experiment.Experiment.build(cfg, ds.image_shape)
             params, step = jax.jit(exp.init_state)().params, 0
             source = f"freshly initialised (seed {cfg.seed})"
     except (config.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
@@ -84,7 +85,7 @@ def main(argv) -> int:
         "process_cpu_s": round(cpu, 1), "cores_used": round(cpu / wall, 2),
         "load_avg_1min_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "is_log_px": out["is_log_px"], "is_bits_per_dim": out["is_bits_per_dim"],
-        "hardware": evaluate.hardware(), "jax": jax.__version__,
+        "hardware": estimators.hardware(), "jax": jax.__version__,
     }
     print(f"k={k} importance sampling over {n} {ds.name} {ds.test_split} images "
           f"({source}): {wall:.1f} s, {passes / wall:,.0f} decoder passes/s, "

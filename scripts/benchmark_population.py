@@ -10,7 +10,7 @@ runs every mode once, in an order that rotates from epoch to epoch, so that a ma
 changes affects all modes alike; the script prints per-epoch wall and process CPU seconds, their
 medians, the ratio population / sequential (median of the per-epoch ratios) and images/s per
 member and in all. Population modes: 'vmap' (members in lockstep, batched matmuls) and 'map'
-(members one after another inside the compiled call); see vae_jax/population.py. It also prints
+(members one after another inside the compiled call); see vae_jax/experiment.py. It also prints
 what XLA emitted for the dense layers of the vmapped program (plain vs batched dots).
 
 ``--cpu_devices N`` splits the host CPU into N XLA devices (``jax_num_cpu_devices``) and shards
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import config as config_lib
-from vae_jax import data, evaluate, population, sharding, train
+from vae_jax import data, estimators, experiment, sharding, train
 from vae_jax.sweep import load_config_file
 
 BETAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             ds = data.Dataset("mnist(synthetic)", imgs, labels, imgs[:1000], labels[:1000], 10, False,
                               "synthetic", "synthetic")
         else:
-            ds = train.load_data(cfg)
+            ds = experiment.load_data(cfg)
     except (config_lib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,22 +99,22 @@ def main(argv=None) -> int:
         cfg.population, members=tuple({"objective.beta": float(b)} for b in betas)))
     members = config_lib.member_configs(cfg)
     M = len(members)
-    exp = train.Experiment.build(members[0], ds.image_shape)
-    images, labels = train._device_data(ds)
+    exp = experiment.Experiment.build(members[0], ds.image_shape)
+    images, labels = train.device_data(ds)
     if a.steps:
         n = a.steps * cfg.train.batch_size
         images, labels = images[:n], (None if labels is None else labels[:n])
     steps = images.shape[0] // cfg.train.batch_size
     n_img = steps * cfg.train.batch_size
     data_key = exp.data_key()
-    hp = population.stack_hyperparams(members)
-    hps = [train.hyperparams(m) for m in members]
-    seeds = population.seeds(members)
+    hp = experiment.stack_hyperparams(members)
+    hps = [experiment.hyperparams(m) for m in members]
+    seeds = experiment.seeds(members)
 
     print(f"{ds.name}: {n_img} images/epoch ({steps} steps of {cfg.train.batch_size}); model "
           f"{cfg.model.network} hidden {cfg.model.hidden} latent {cfg.model.latent_dim}; {M} members "
           f"β = {', '.join(f'{b:g}' for b in betas)}")
-    print(f"hardware: {evaluate.hardware()}; jax {jax.__version__}; load average at start "
+    print(f"hardware: {estimators.hardware()}; jax {jax.__version__}; load average at start "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     modes: dict[str, dict] = {}
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                                   jax.devices()[: a.cpu_devices])
         print(f"members split over {a.cpu_devices} CPU devices, {M // a.cpu_devices} on each")
     for s in strategies:
-        state = jax.jit(population.init_fn(exp))(seeds)
+        state = jax.jit(experiment.init_fn(exp))(seeds)
         jit_kw: dict = {}
         if mesh is not None:
             msh, rep = sharding.member_sharding(mesh), sharding.replicated(mesh)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             jit_kw = dict(in_shardings=(msh, msh, rep, None if labels is None else rep, rep, rep),
                           out_shardings=(msh, msh))
         t = time.perf_counter()
-        fn = jax.jit(population.epoch_fn(exp, s, mesh), donate_argnums=0, **jit_kw).lower(
+        fn = jax.jit(experiment.epoch_fn(exp, s, mesh), donate_argnums=0, **jit_kw).lower(
             state, hp, images, labels, jnp.int32(0), data_key).compile()
         modes[f"population/{s}"] = dict(fn=fn, state=state, compile_s=time.perf_counter() - t)
         if s == "vmap":
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 
     seq = modes["sequential"]
     out = {"dataset": ds.name, "images_per_epoch": n_img, "members": M, "epochs": a.epochs,
-           "hardware": evaluate.hardware(), "jax": jax.__version__, "modes": {}}
+           "hardware": estimators.hardware(), "jax": jax.__version__, "modes": {}}
     print(f"\nmedians over {a.epochs} epoch(s), {M} members each seeing {n_img} images per epoch:")
     for k, v in modes.items():
         wall, cpu = statistics.median(v["wall"]), statistics.median(v["cpu"])

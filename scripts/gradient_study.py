@@ -40,7 +40,7 @@ from absl import app, flags
 from jax.flatten_util import ravel_pytree
 from ml_collections import config_flags
 
-from vae_jax import checkpoint, config, data, evaluate, likelihoods, objectives, plots
+from vae_jax import checkpoint, config, data, estimators, experiment, likelihoods, objectives, plots
 from vae_jax.rng import stream
 
 ESTIMATORS = ("reparameterization", "score_function", "score_function_loo")
@@ -129,13 +129,17 @@ def write(rows: list[dict[str, Any]], folder: str, header: str) -> list[str]:
     return paths
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The workdir's config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
-_SAMPLES = flags.DEFINE_list("samples", ["1", "4", "16", "64"], "Sample counts L.")
-_REPLICATES = flags.DEFINE_integer("replicates", 200, "Independent gradient draws per estimator.")
-_BATCH = flags.DEFINE_integer("batch", 100, "Test images in the batch.")
-_OUT = flags.DEFINE_string("out", "", "Output folder (default <workdir>/gradient_study).")
+def _define_flags() -> None:
+    """The command line's flags, defined only when this file runs as a script, so that importing
+    it (the tests do) leaves absl's global flags to the package's own entry points."""
+    global _CONFIG, _WORKDIR, _SAMPLES, _REPLICATES, _BATCH, _OUT
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "The workdir's config file.",
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
+    _SAMPLES = flags.DEFINE_list("samples", ["1", "4", "16", "64"], "Sample counts L.")
+    _REPLICATES = flags.DEFINE_integer("replicates", 200, "Independent gradient draws per estimator.")
+    _BATCH = flags.DEFINE_integer("batch", 100, "Test images in the batch.")
+    _OUT = flags.DEFINE_string("out", "", "Output folder (default <workdir>/gradient_study).")
 
 
 def main(argv) -> int:
@@ -148,15 +152,16 @@ def main(argv) -> int:
         counts = [int(s) for s in _SAMPLES.value]
         if any(c < 1 for c in counts) or _REPLICATES.value < 2 or _BATCH.value < 2:
             raise config.ConfigError("--samples must be >= 1, --replicates and --batch >= 2")
-        exp, ds, step, params = evaluate.restore(cfg, _WORKDIR.value)
+        r = experiment.restore(cfg, _WORKDIR.value)
+        exp, ds, step, params = r.experiments[0], r.dataset, r.step, r.params()
     except (config.ConfigError, data.DataError, checkpoint.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    x = evaluate.test_images(exp, ds)[: _BATCH.value]
+    x = estimators.test_images(exp, ds)[: _BATCH.value]
     t = time.perf_counter()
     key = stream(jax.random.key(cfg.seed), "gradient_study")
     rows = study(exp, params, x, counts, _REPLICATES.value, key)
-    m = evaluate.common_metadata(exp, ds, step // (len(ds.train_images) // cfg.train.batch_size))
+    m = estimators.common_metadata(exp, ds, step // (len(ds.train_images) // cfg.train.batch_size))
     header = (f"# Gradient variance at step {step} ({m['epochs']} epochs) of "
               f"{os.path.abspath(_WORKDIR.value)}\n\n"
               f"{m['dataset']} ({m['split']}, {m['binarization']}), batch of {x.shape[0]} images, "
@@ -172,4 +177,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

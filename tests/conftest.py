@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import pathlib
@@ -41,15 +40,34 @@ def tiny(name: str = "quickstart", **sections) -> config_lib.Config:
     c.train.figures = False
     c.eval.batch_size = 100
     for section, fields in sections.items():
+        target = c if section == "top" else getattr(c, section)
         for k, v in fields.items():
-            setattr(getattr(c, section), k, v) if section != "top" else setattr(c, k, v)
+            if isinstance(v, dict):  # a family section: model=dict(hvae=dict(latents=(8, 4)))
+                getattr(target, k).update(v)
+            else:
+                setattr(target, k, v)
     return config_lib.from_config_dict(c)
 
 
 def replace(cfg: config_lib.Config, **sections) -> config_lib.Config:
-    """``cfg`` with fields of sections replaced: ``replace(cfg, train=dict(num_epochs=5))``."""
-    return dataclasses.replace(
-        cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+    """``cfg`` with fields of sections replaced: ``replace(cfg, train=dict(num_epochs=5))``
+    (nested dicts for family sections: ``model=dict(hvae=dict(latents=(6,)))``)."""
+    def flat(d, prefix):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+    return config_lib.with_overrides(cfg, dict(flat(sections, "")))
+
+
+class Stop(Exception):
+    """Raised by :func:`stop_after` to interrupt a run between epochs."""
+
+
+def stop_after(epochs: int):
+    """An ``on_epoch_end`` hook that interrupts the run once ``epochs`` epochs are done."""
+    def hook(done: int) -> None:
+        if done == epochs:
+            raise Stop
+    return hook
 
 
 @pytest.fixture(scope="session")

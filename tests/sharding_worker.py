@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import replace, tiny  # noqa: E402
-from vae_jax import checkpoint, population, sharding, train  # noqa: E402
+from vae_jax import checkpoint, experiment, sharding, train
 from vae_jax.config import ConfigError  # noqa: E402
 
 BATCH = 120  # 8 x 15: divides the data axis; 12 steps per epoch on the 1500 digits
@@ -36,15 +36,15 @@ def one_step(out: dict) -> None:
     for mode in ("replicated", "fsdp"):
         cfg = tiny(train=dict(batch_size=BATCH),
                    mesh=dict(param_sharding=mode, fsdp_min_size=64))
-        ds = train.load_data(cfg)
-        hp = train.hyperparams(cfg)
+        ds = experiment.load_data(cfg)
+        hp = experiment.hyperparams(cfg)
         batch = {"image": jnp.asarray(ds.train_images[:BATCH])}
-        exp1 = train.Experiment.build(cfg, ds.image_shape)
+        exp1 = experiment.Experiment.build(cfg, ds.image_shape)
         s1 = jax.jit(exp1.init_state)()
         n1, m1 = jax.jit(exp1.train_step)(s1, batch, hp)
 
         mesh = sharding.make_mesh(cfg.mesh)
-        exp8 = train.Experiment.build(cfg, ds.image_shape, mesh)
+        exp8 = experiment.Experiment.build(cfg, ds.image_shape, mesh)
         abstract = jax.eval_shape(exp8.init_state)
         st_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
         s8 = jax.jit(exp8.init_state, out_shardings=st_sh)()
@@ -73,15 +73,15 @@ def one_step(out: dict) -> None:
 def no_retrace(out: dict) -> None:
     """The sharded epoch, jitted as train_and_evaluate does, traced once over three epochs."""
     cfg = tiny(train=dict(batch_size=BATCH))
-    ds = train.load_data(cfg)
+    ds = experiment.load_data(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
-    exp = train.Experiment.build(cfg, ds.image_shape, mesh)
+    exp = experiment.Experiment.build(cfg, ds.image_shape, mesh)
     abstract = jax.eval_shape(exp.init_state)
     st_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
     state = jax.jit(exp.init_state, out_shardings=st_sh)()
-    images, labels = train._device_data(ds, mesh)
+    images, labels = train.device_data(ds, mesh)
     rep = sharding.replicated(mesh)
-    hp = jax.device_put(train.hyperparams(cfg), rep)
+    hp = jax.device_put(experiment.hyperparams(cfg), rep)
     traces = []
 
     def counted(*a):
@@ -98,8 +98,8 @@ def no_retrace(out: dict) -> None:
 
 
 def _params(workdir: str, cfg, mesh=None):
-    ds = train.load_data(cfg)
-    exp = train.Experiment.build(cfg, ds.image_shape)
+    ds = experiment.load_data(cfg)
+    exp = experiment.Experiment.build(cfg, ds.image_shape)
     ck = checkpoint.Checkpointer(workdir)
     step, state = ck.restore_latest(jax.eval_shape(exp.init_state))
     ck.close()
@@ -150,18 +150,18 @@ def sharded_population(out: dict, root: str) -> None:
     res = {}
     for name, cfg in (("sharded", sharded), ("single", single)):
         wd = os.path.join(root, f"pop_{name}")
-        s = population.train_and_evaluate(cfg, wd)
-        res[name] = (s, population.restore(cfg, wd)[3])
+        s = train.train_and_evaluate(cfg, wd)
+        res[name] = (s, experiment.restore(cfg, wd)[3])
     (s8, st8), (s1, st1) = res["sharded"], res["single"]
     # 'map' over the 8 member rows against 'map' on one device: bit for bit
     maps = {}
     for name, cfg in (("map_sharded", sharded), ("map_single", single)):
         cfg = replace(cfg, population=dict(strategy="map"))
         wd = os.path.join(root, f"pop_{name}")
-        population.train_and_evaluate(cfg, wd)
-        maps[name] = population.restore(cfg, wd)[3]
+        train.train_and_evaluate(cfg, wd)
+        maps[name] = experiment.restore(cfg, wd)[3]
     try:
-        population.train_and_evaluate(
+        train.train_and_evaluate(
             replace(base, mesh=dict(members=4, data=2), population=dict(strategy="map")),
             os.path.join(root, "pop_map_data"))
         map_error = ""
@@ -172,7 +172,7 @@ def sharded_population(out: dict, root: str) -> None:
         "elbo_diff": max(abs(s8["members"][k]["elbo"] - s1["members"][k]["elbo"]) for k in s8["members"]),
         "mesh_8": s8["metadata"]["devices"]["mesh"], "mesh_1": s1["metadata"]["devices"]["mesh"],
         "map_sharded_diff": max_diff(maps["map_sharded"].params, maps["map_single"].params),
-        "auto_strategy": [population.resolve_strategy("auto", d) for d in (1, 2)],
+        "auto_strategy": [experiment.resolve_strategy("auto", d) for d in (1, 2)],
         "map_error": map_error,
         "map_workdir_has_checkpoints": os.path.isdir(os.path.join(root, "pop_map_data", "checkpoints")),
     }

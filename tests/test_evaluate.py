@@ -18,7 +18,7 @@ from scipy import special, stats
 
 from conftest import CONFIGS, ROOT, load_config_dict, replace, tiny
 from vae_jax import config as config_lib
-from vae_jax import evaluate, objectives, train
+from vae_jax import diagnostics, estimators, evaluate, experiment, models, objectives, train
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trained")
     cfg = tiny(train=dict(num_epochs=30, eval_every_epochs=30), eval=dict(k=100))
     train.train_and_evaluate(cfg, str(workdir))
-    exp, ds, step, params = evaluate.restore(cfg, str(workdir))
-    return cfg, workdir, exp, ds, params
+    r = experiment.restore(cfg, str(workdir))
+    return cfg, workdir, r.experiments[0], r.dataset, r.params()
 
 
 # --- importance sampling ----------------------------------------------------------------------
@@ -67,7 +67,7 @@ def _linear_gaussian(seed=0, dim_x=6, dim_z=2, sigma=0.6, n=16):
         return log_px_z + log_pz - log_q
 
     batch = {"image": jnp.asarray(x, jnp.float32)}
-    return evaluate.Inference(posterior, log_weights), batch, exact, elbo
+    return estimators.Inference(posterior, log_weights), batch, exact, elbo
 
 
 def stats_norm_logpdf(x, mean, sd):
@@ -76,7 +76,7 @@ def stats_norm_logpdf(x, mean, sd):
 
 def test_importance_sampling_converges_to_closed_form_linear_gaussian():
     inf, batch, exact, elbo = _linear_gaussian()
-    fn = jax.jit(lambda b, key: evaluate.importance_log_px(inf, None, b, key, 5000, 768))
+    fn = jax.jit(lambda b, key: estimators.importance_log_px(inf, None, b, key, 5000, 768))
     log_px, mean_lw = (np.asarray(a) for a in fn(batch, jax.random.key(0)))
     err = np.abs(log_px - exact)
     print(f"\nlinear-Gaussian, k=5000: max |IS - exact| = {err.max():.4f} nats, "
@@ -84,7 +84,7 @@ def test_importance_sampling_converges_to_closed_form_linear_gaussian():
     assert err.max() < 0.05
     assert np.all(elbo < exact - 0.01)  # the ELBO stays below log p(x)
     np.testing.assert_allclose(mean_lw, elbo, atol=0.15)  # the weights average to the ELBO (MC)
-    few, _ = jax.jit(lambda b, key: evaluate.importance_log_px(inf, None, b, key, 5, 5))(
+    few, _ = jax.jit(lambda b, key: estimators.importance_log_px(inf, None, b, key, 5, 5))(
         batch, jax.random.key(0))
     assert np.abs(np.asarray(few) - exact).mean() > err.mean()  # k = 5 is visibly worse
 
@@ -97,9 +97,9 @@ def test_chunked_log_mean_exp_is_exact_and_stable():
     def log_weights(params, batch, q, key, n):
         return 1000.0 + 40.0 * jax.random.normal(key, (n, b))
 
-    inf = evaluate.Inference(None, log_weights)
+    inf = estimators.Inference(None, log_weights)
     key = jax.random.key(3)
-    got, mean_lw = evaluate.importance_log_px(inf, None, {"image": jnp.zeros((b, 1, 1, 1))}, key, k, chunk)
+    got, mean_lw = estimators.importance_log_px(inf, None, {"image": jnp.zeros((b, 1, 1, 1))}, key, k, chunk)
     draw = jax.jit(lambda i: log_weights(None, None, None, jax.random.fold_in(key, i), chunk))
     allw = jnp.concatenate([draw(i) for i in range(-(-k // chunk))])[:k]
     allw = np.asarray(allw, np.float64)
@@ -113,9 +113,9 @@ def test_vae_log_weights_match_an_independent_computation(trained):
     """The fast VAE path's log p(x|z) + log p(z) − log q(z|x), recomputed with scipy densities
     and the likelihood on image-shaped arrays from the same ε."""
     _, _, exp, ds, params = trained
-    inf = evaluate.inference(exp)
+    inf = estimators.inference(exp)
     assert inf is not None and exp.cfg.model.family == "vae"
-    batch = {"image": evaluate.test_images(exp, ds)[:5]}
+    batch = {"image": estimators.test_images(exp, ds)[:5]}
     q = jax.jit(inf.posterior)(params, batch)
     key = jax.random.key(7)
     got = np.asarray(jax.jit(inf.log_weights, static_argnums=4)(params, batch, q, key, 3))
@@ -134,13 +134,13 @@ def test_vae_log_weights_match_an_independent_computation(trained):
 
 def _is_log_px(cfg, exp, ds, params, k, tmp):
     c = replace(cfg, eval=dict(k=k, chunk=50, evaluators=("importance_sampling",)))
-    e = train.Experiment.build(c, ds.image_shape)
+    e = experiment.Experiment.build(c, ds.image_shape)
     return evaluate.run(e, ds, params, 0, 0, str(tmp))["is_log_px"]
 
 
 def test_is_estimate_above_elbo_rises_with_k_and_is_deterministic(trained, tmp_path):
     cfg, _, exp, ds, params = trained
-    elbo = evaluate.TestELBO(exp, ds)(params, 0, 0)["elbo"]
+    elbo = estimators.TestELBO(exp, ds)(params, 0, 0)["elbo"]
     est = {k: _is_log_px(cfg, exp, ds, params, k, tmp_path) for k in (1, 10, 100, 1000)}
     print(f"\ntrained tiny model: test ELBO {elbo:.3f}; IS " +
           ", ".join(f"k={k}: {v:.3f}" for k, v in est.items()) +
@@ -157,8 +157,8 @@ def test_active_units_and_collapse_on_a_constructed_encoder(tmp_path):
     """A linear encoder (no hidden layer) whose first two latent means read the image and whose
     other two are constant: 2 active units, dims 2 and 3 collapsed (KL 0), dims 0, 1 not."""
     cfg = tiny(model=dict(hidden=(), latent_dim=4), eval=dict(evaluators=("collapse",)))
-    ds = train.load_data(cfg)
-    exp = train.Experiment.build(cfg, ds.image_shape)
+    ds = experiment.load_data(cfg)
+    exp = experiment.Experiment.build(cfg, ds.image_shape)
     params = jax.tree.map(jnp.zeros_like, jax.jit(exp.init_state)().params)
     dense = params["posterior"]["Dense_0"]
     pixels = np.prod(ds.image_shape)
@@ -170,7 +170,7 @@ def test_active_units_and_collapse_on_a_constructed_encoder(tmp_path):
     bias[4:6] = -2.0  # informative dims: σ² = e⁻², their KL is far above 0.1
     params["posterior"]["Dense_0"] = dict(dense, kernel=jnp.asarray(kernel), bias=jnp.asarray(bias))
     out = evaluate.run(exp, ds, params, 0, 0, str(tmp_path))
-    x = np.asarray(evaluate.test_images(exp, ds)).reshape(len(ds.test_images), -1)
+    x = np.asarray(estimators.test_images(exp, ds)).reshape(len(ds.test_images), -1)
     mu = x @ kernel[:, :4]
     assert mu[:, :2].var(0).min() > 0.1 and np.all(mu[:, 2:] == 0)  # the construction holds
     assert out["active_units"] == 2
@@ -181,9 +181,9 @@ def test_active_units_and_collapse_on_a_constructed_encoder(tmp_path):
 
 def test_collapse_stats_thresholds():
     mu = np.array([[0.0, 1.0, 0.0], [0.0, -1.0, 0.3]])  # Var = 0, 1, 0.0225
-    s = evaluate.collapse_stats(mu, np.array([0.05, 2.0, 0.1]), active_threshold=0.01, kl_threshold=0.1)
+    s = diagnostics.collapse_stats(mu, np.array([0.05, 2.0, 0.1]), active_threshold=0.01, kl_threshold=0.1)
     assert s["active_units"] == 2 and s["collapsed_dims"] == [0] and s["num_collapsed"] == 1
-    assert evaluate.collapse_stats(mu, None, active_threshold=0.03)["active_units"] == 1
+    assert diagnostics.collapse_stats(mu, None, active_threshold=0.03)["active_units"] == 1
 
 
 # --- seed metrics -----------------------------------------------------------------------------
@@ -192,10 +192,10 @@ def test_collapse_stats_thresholds():
 def test_bce_per_pixel_known_values():
     x = jnp.array([[1.0, 0.0, 1.0, 0.0], [0.3, 0.3, 0.3, 0.3]])
     r = jnp.array([[0.5, 0.5, 0.9, 0.1], [0.3, 0.3, 0.3, 0.3]])
-    got = np.asarray(evaluate.bce_per_pixel(x, r))
+    got = np.asarray(diagnostics.bce_per_pixel(x, r))
     h03 = -(0.3 * math.log(0.3) + 0.7 * math.log(0.7))  # entropy of a 0.3 pixel
     np.testing.assert_allclose(got, [(2 * math.log(2) - 2 * math.log(0.9)) / 4, h03], rtol=1e-5)
-    assert float(evaluate.bce_per_pixel(x[:1], x[:1])[0]) < 1e-5  # perfect binary reconstruction
+    assert float(diagnostics.bce_per_pixel(x[:1], x[:1])[0]) < 1e-5  # perfect binary reconstruction
 
 
 def test_interpolation_smoothness_known_answers():
@@ -203,11 +203,11 @@ def test_interpolation_smoothness_known_answers():
     a, b = np.zeros((1, 4, 4, 1)), np.ones((1, 4, 4, 1))
     fade = (1 - t) * a + t * b  # every step changes every pixel by 1/9
     jump = np.concatenate([np.repeat(a, 5, 0), np.repeat(b, 5, 0)])  # one step of size 1
-    msd, ratio = evaluate.interpolation_smoothness(fade[None])
+    msd, ratio = diagnostics.interpolation_smoothness(fade[None])
     assert msd == pytest.approx(1 / 81) and ratio == pytest.approx(1.0)
-    msd, ratio = evaluate.interpolation_smoothness(jump[None])
+    msd, ratio = diagnostics.interpolation_smoothness(jump[None])
     assert msd == pytest.approx(1 / 9) and ratio == pytest.approx(9.0)
-    msd, _ = evaluate.interpolation_smoothness(np.stack([fade, jump]))
+    msd, _ = diagnostics.interpolation_smoothness(np.stack([fade, jump]))
     assert msd == pytest.approx((1 / 81 + 1 / 9) / 2)
 
 
@@ -215,7 +215,7 @@ def test_pca_2d_recovers_a_plane():
     rng = np.random.default_rng(0)
     coords = rng.normal(size=(200, 2)) * [3.0, 1.0]
     basis = np.linalg.qr(rng.normal(size=(5, 2)))[0]  # orthonormal 5×2
-    proj, frac = evaluate.pca_2d(coords @ basis.T + 7.0)
+    proj, frac = diagnostics.pca_2d(coords @ basis.T + 7.0)
     assert frac == pytest.approx(1.0)
     c = coords - coords.mean(0)
     np.testing.assert_allclose(proj @ proj.T, c @ c.T, atol=1e-8)  # an isometry of the plane
@@ -235,7 +235,7 @@ def _gradient_study():
 def test_gradient_study_reparameterization_has_lower_variance(trained, tmp_path):
     _, _, exp, ds, params = trained
     gs = _gradient_study()
-    x = evaluate.test_images(exp, ds)[:64]
+    x = estimators.test_images(exp, ds)[:64]
     rows = gs.study(exp, params, x, (1, 8), 40, jax.random.key(0))
     ratio = {(r["samples"], r["estimator"]): r["ratio_to_reparameterization"] for r in rows}
     print("\nVar[score function] / Var[reparameterization]: " + ", ".join(
@@ -259,7 +259,8 @@ def test_eval_cli_writes_eval_json_with_metadata_and_figures(trained):
     args = [sys.executable, "-m", "vae_jax.main", "--mode", "eval", "--workdir", str(workdir),
             "--config", str(CONFIGS / "quickstart.py"), "--config.data.name=digits",
             f"--config.model.hidden={cfg.model.hidden}", f"--config.train.batch_size={cfg.train.batch_size}",
-            f"--config.eval.batch_size={cfg.eval.batch_size}", "--config.eval.k=50"]
+            f"--config.eval.batch_size={cfg.eval.batch_size}", "--config.eval.k=50",
+            "--allow_config_change"]  # a subset of the tiny config: evaluate under the given one
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads((workdir / "eval.json").read_text())
@@ -287,11 +288,11 @@ def test_eval_cli_writes_eval_json_with_metadata_and_figures(trained):
 
 
 def test_model_description_names_every_stochastic_layer():
-    hvae = config_lib.from_config_dict(load_config_dict("mnist_hvae")).model
-    assert evaluate.describe_model(hvae) == ("hvae mlp 200-200 tanh, latents 100-50 "
-                                             "(upper 100-100, bottom_up inference)")
-    burda = config_lib.from_config_dict(load_config_dict("mnist_burda_vae")).model
-    assert evaluate.describe_model(burda) == "vae mlp 200-200 tanh, latent 50"
+    hvae = config_lib.from_config_dict(load_config_dict("mnist_hvae"))
+    assert models.get("hvae").describe(hvae) == ("hvae mlp 200-200 tanh, latents 100-50 "
+                                                 "(upper 100-100, bottom_up inference)")
+    burda = config_lib.from_config_dict(load_config_dict("mnist_burda_vae"))
+    assert models.get("vae").describe(burda) == "vae mlp 200-200 tanh, latent 50"
 
 
 BAD_EVAL = [
@@ -318,4 +319,4 @@ def test_bad_eval_fields_fail_with_one_line(field, value, message):
 def test_unknown_evaluator_name_fails_before_loading(tmp_path):
     cfg = tiny(eval=dict(evaluators=("test_elbo", "fid")))
     with pytest.raises(config_lib.ConfigError, match="unknown 'fid'; allowed: test_elbo"):
-        train.evaluate_workdir(cfg, str(tmp_path / "missing"))
+        evaluate.evaluate_workdir(cfg, str(tmp_path / "missing"))

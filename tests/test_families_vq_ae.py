@@ -14,7 +14,7 @@ import pytest
 from scipy.special import expit
 
 from conftest import tiny
-from vae_jax import checkpoint, likelihoods, networks, train
+from vae_jax import checkpoint, experiment, likelihoods, networks, train
 from vae_jax.config import ConfigError
 from vae_jax.metrics import read_jsonl
 from vae_jax.models import ae, vqvae
@@ -24,13 +24,13 @@ def _exp(cfg, shape=(8, 8, 1), seed=0):
     """The experiment and a train state with host-drawn parameters: N(0, 1/fan_in) kernels (and
     codebook), zero biases. Compiling the random initialisation costs more CPU time than the
     rest of a test, and these tests need parameters, not the shipped initialisers."""
-    exp = train.Experiment.build(cfg, shape)
+    exp = experiment.Experiment.build(cfg, shape)
     rng = np.random.default_rng(seed)
     abstract = jax.eval_shape(exp.init_state).params
     params = jax.tree.map(lambda a: jnp.asarray(
         rng.normal(size=a.shape) / math.sqrt(math.prod(a.shape[:-1])) if len(a.shape) > 1
         else np.zeros(a.shape), a.dtype), abstract)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    state = experiment.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              opt_state=exp.tx.init(params),
                              rng=jax.random.key_data(jax.random.key(seed)),
                              model_state=exp.family.init_state(exp.model, params))
@@ -39,14 +39,14 @@ def _exp(cfg, shape=(8, 8, 1), seed=0):
 
 def _grads(exp, state, batch, key):
     """Jitted (loss, grads) of the experiment's training loss at ``state``."""
-    hp = train.hyperparams(exp.cfg)
+    hp = experiment.hyperparams(exp.cfg)
     fn = jax.jit(jax.value_and_grad(lambda p: exp.loss_fn(p, batch, key, state.step, hp)[0]))
     return fn(state.params)
 
 
 def _digits_batch(n=64):
     cfg = tiny()
-    x = np.asarray(train.load_data(cfg).train_images[:n], np.float32)
+    x = np.asarray(experiment.load_data(cfg).train_images[:n], np.float32)
     return {"image": jnp.asarray(x)}
 
 
@@ -54,7 +54,7 @@ def _digits_batch(n=64):
 # One tiny run per family
 
 
-@pytest.mark.parametrize("family,extra", [("vqvae", {}), ("vqvae", {"vq_ema": True}),
+@pytest.mark.parametrize("family,extra", [("vqvae", {}), ("vqvae", {"vqvae": {"ema": True}}),
                                           ("ae", {}), ("dae", {})],
                          ids=["vqvae", "vqvae_ema", "ae", "dae"])
 def test_tiny_run_learns_and_terms_add_up(family, extra, tmp_path):
@@ -73,17 +73,17 @@ def test_tiny_run_learns_and_terms_add_up(family, extra, tmp_path):
     assert summary["elbo"] == pytest.approx(-summary["recon"] - summary["kl"], rel=1e-5)
     m = cfg.model
     if family == "vqvae":
-        k = m.vq_num_codes
+        k = m.vqvae.num_codes
         for r in rows:
             assert r["kl"] == pytest.approx(m.latent_dim * math.log(k), rel=1e-6)
             assert 1.0 <= r["perplexity"] <= k and 0 < r["codes_used"] <= 1
             assert r["dead_codes"] == pytest.approx(k * (1 - r["codes_used"]), abs=1e-3)
         assert rows[-1]["perplexity"] > 2.0  # more than a collapsed codebook
         ck = checkpoint.Checkpointer(str(tmp_path))
-        exp = train.Experiment.build(cfg, (8, 8, 1))
+        exp = experiment.Experiment.build(cfg, (8, 8, 1))
         _, state = ck.restore_latest(jax.eval_shape(exp.init_state))
         ck.close()
-        if m.vq_ema:  # the EMA statistics are checkpointed and the codebook is their estimate
+        if m.vqvae.ema:  # the EMA statistics are checkpointed and the codebook is their estimate
             size, total = state.model_state["cluster_size"], state.model_state["cluster_size"].sum()
             smoothed = (size + vqvae.LAPLACE_EPS) / (total + k * vqvae.LAPLACE_EPS) * total
             np.testing.assert_allclose(state.params["codebook"],
@@ -134,22 +134,22 @@ def test_perplexity_and_usage():
 
 
 def test_ema_moves_codes_toward_assigned_outputs_and_codebook_gets_no_gradient():
-    cfg = tiny(model=dict(family="vqvae", vq_ema=True, vq_decay=0.9))
+    cfg = tiny(model=dict(family="vqvae", vqvae=dict(ema=True, decay=0.9)))
     exp, state = _exp(cfg)
     batch = _digits_batch()
     key = jax.random.key(0)
-    hp = train.hyperparams(cfg)
+    hp = experiment.hyperparams(cfg)
     _, grads = _grads(exp, state, batch, key)
     assert not np.any(np.asarray(grads["codebook"]))
     assert np.any(np.asarray(grads["pre_quant"]["Dense_0"]["kernel"]))
     # without EMA the codebook loss does reach the codebook
-    cfg2 = tiny(model=dict(family="vqvae", vq_ema=False))
+    cfg2 = tiny(model=dict(family="vqvae", vqvae=dict(ema=False)))
     exp2, state2 = _exp(cfg2)
     _, g2 = _grads(exp2, state2, batch, key)
     assert np.any(np.asarray(g2["codebook"]))
 
     t = jax.jit(exp.terms)(state.params, batch, key)
-    z_e, idx = np.asarray(t["_z_e"]).reshape(-1, cfg.model.vq_code_dim), np.asarray(t["_idx"]).ravel()
+    z_e, idx = np.asarray(t["_z_e"]).reshape(-1, cfg.model.vqvae.code_dim), np.asarray(t["_idx"]).ravel()
     old = np.asarray(state.params["codebook"])
     new_params, new_state = jax.jit(lambda p, s, t: exp.family.post_update(exp.model, p, s, t))(
         state.params, state.model_state, t)
@@ -159,7 +159,7 @@ def test_ema_moves_codes_toward_assigned_outputs_and_codebook_gets_no_gradient()
     for k in used:
         target = z_e[idx == k].mean(0)
         assert np.linalg.norm(new[k] - target) < np.linalg.norm(old[k] - target)
-    counts = np.bincount(idx, minlength=cfg.model.vq_num_codes)
+    counts = np.bincount(idx, minlength=cfg.model.vqvae.num_codes)
     np.testing.assert_allclose(new_state["cluster_size"], 0.9 * 1.0 + 0.1 * counts, rtol=1e-6)
     unused = counts == 0  # unassigned codes keep their place (up to the Laplace smoothing)
     np.testing.assert_allclose(new[unused], old[unused], rtol=1e-3, atol=1e-6)
@@ -179,7 +179,7 @@ def test_vq_encode_decode_for_figures():
     x = _digits_batch(6)["image"]
     idx = m.apply(p, x, method=m.encode_indices)
     z_q, zeros = m.apply(p, x, method=m.encode)
-    assert z_q.shape == (6, cfg.model.latent_dim * cfg.model.vq_code_dim) and not np.any(zeros)
+    assert z_q.shape == (6, cfg.model.latent_dim * cfg.model.vqvae.code_dim) and not np.any(zeros)
     from_idx = m.apply(p, idx, method=m.decode)
     np.testing.assert_allclose(m.apply(p, z_q, method=m.decode), from_idx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(m.apply(p, x)["params"], from_idx, rtol=1e-5, atol=1e-5)
@@ -192,7 +192,7 @@ def test_vq_encode_decode_for_figures():
 
 
 def test_dae_encodes_noisy_input_and_scores_clean_target():
-    cfg = tiny(model=dict(family="dae", dae_noise=0.5))
+    cfg = tiny(model=dict(family="dae", dae=dict(noise=0.5)))
     exp, state = _exp(cfg)
     x = _digits_batch(16)["image"]
     key = jax.random.key(7)
@@ -214,7 +214,7 @@ def test_dae_encodes_noisy_input_and_scores_clean_target():
     np.testing.assert_allclose(t["recon"], -lik.log_prob(out, x), rtol=1e-5)
     assert not np.allclose(t["recon"], -lik.log_prob(out, x_noisy), rtol=1e-3)
     # the plain AE sees x itself
-    exp_ae = train.Experiment.build(tiny(model=dict(family="ae")), (8, 8, 1))
+    exp_ae = experiment.Experiment.build(tiny(model=dict(family="ae")), (8, 8, 1))
     seen.clear()
     with nn.intercept_methods(spy):
         exp_ae.terms(state.params, {"image": x}, key, 1)
@@ -236,7 +236,7 @@ def test_ae_decodes_prior_samples_to_finite_images():
 @pytest.mark.parametrize("family", ["ae", "vqvae"])
 def test_beta_is_rejected_for_families_without_kl(family):
     with pytest.raises(ConfigError, match=r"config\.objective\.beta=4\.0: family .* no KL term"):
-        train.Experiment.build(tiny(model=dict(family=family), objective=dict(beta=4.0)), (8, 8, 1))
+        experiment.Experiment.build(tiny(model=dict(family=family), objective=dict(beta=4.0)), (8, 8, 1))
 
 
 # ------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_conv_variants_build_and_train_a_step(family, size, channels):
     ch, strides = networks.CONV_PRESETS[size]
     cfg = tiny(data=dict(scale="symmetric"),
                model=dict(family=family, network="conv", conv_channels=tuple(4 for _ in ch),
-                          conv_strides=strides, likelihood="logistic", latent_dim=4, vq_code_dim=2))
+                          conv_strides=strides, likelihood="logistic", latent_dim=4, vqvae=dict(code_dim=2)))
     exp, state = _exp(cfg, (size, size, channels))
     x = np.random.default_rng(0).integers(0, 256, (2, size, size, channels)) / 127.5 - 1
     batch = {"image": jnp.asarray(x, jnp.float32)}

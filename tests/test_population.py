@@ -7,12 +7,14 @@ import dataclasses
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from conftest import load_config_dict, tiny
-from vae_jax import checkpoint, config as config_lib, population, train
+from vae_jax import experiment
+from vae_jax import checkpoint, config as config_lib, train
 from vae_jax.metrics import read_jsonl
 
 MEMBERS = ({"objective.beta": 0.5}, {"objective.beta": 2.0, "seed": 1},
@@ -41,8 +43,8 @@ def trained(tmp_path_factory):
     """One uninterrupted population (shared by the tests below)."""
     cfg = _population_cfg()
     wd = tmp_path_factory.mktemp("population")
-    summary = population.train_and_evaluate(cfg, str(wd))
-    exps, ds, step, state = population.restore(cfg, str(wd))
+    summary = train.train_and_evaluate(cfg, str(wd))
+    exps, ds, step, state = experiment.restore(cfg, str(wd))
     return cfg, wd, summary, step, state.params
 
 
@@ -57,7 +59,7 @@ def alone(trained, tmp_path_factory):
     wd = tmp_path_factory.mktemp("alone")
     summary = train.train_and_evaluate(m, str(wd))
     ck = checkpoint.Checkpointer(str(wd))
-    step, state = ck.restore_latest(jax.eval_shape(train.Experiment.build(m, (8, 8, 1)).init_state))
+    step, state = ck.restore_latest(jax.eval_shape(experiment.Experiment.build(m, (8, 8, 1)).init_state))
     ck.close()
     assert step == EPOCHS * 15
     return m, summary, state
@@ -65,24 +67,24 @@ def alone(trained, tmp_path_factory):
 
 def test_initialisation_under_vmap_is_bit_for_bit(trained):
     members = config_lib.member_configs(trained[0])
-    exp = train.Experiment.build(members[0], (8, 8, 1))
-    init = jax.jit(population.init_fn(exp))(population.seeds(members))
-    alone = jax.jit(train.Experiment.build(members[1], (8, 8, 1)).init_state)()  # as a single run does
-    for a, b in zip(_leaves(alone), _leaves(population.member(init, 1))):
-        np.testing.assert_array_equal(a, b)
+    exp = experiment.Experiment.build(members[0], (8, 8, 1))
+    init = jax.jit(experiment.init_fn(exp))(experiment.seeds(members))
+    alone = jax.jit(experiment.Experiment.build(members[1], (8, 8, 1)).init_state)()  # as a single run does
+    chex.assert_trees_all_equal(alone, experiment.member(init, 1))
 
 
 def test_member_trained_in_population_matches_it_trained_alone(trained, alone):
     cfg, wd, summary, step, params = trained
     _, single, state = alone
     worst = 0.0
-    for a, b in zip(_leaves(state.params), _leaves(population.member(params, 1))):
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.params, experiment.member(params, 1))
+    for a, b in zip(_leaves(state.params), _leaves(experiment.member(params, 1))):
         np.testing.assert_allclose(b, a, rtol=0, atol=PARAM_ATOL)
         worst = max(worst, float(np.max(np.abs(a - b))))
     # the other members really are different models
-    other = _leaves(population.member(params, 0))
+    other = _leaves(experiment.member(params, 0))
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(state.params), other)) > 1e-2
-    name = population.member_names(cfg)[1]
+    name = config_lib.member_names(cfg)[1]
     assert summary["members"][name]["elbo"] == pytest.approx(single["elbo"], rel=1e-4)
     print(f"vmap: max |Δparam| population vs alone after {step} steps: {worst:.2e}")
 
@@ -92,18 +94,17 @@ def test_map_strategy_is_bit_for_bit_the_single_run(trained, alone, tmp_path):
     cfg = trained[0]
     cfg = dataclasses.replace(cfg, population=dataclasses.replace(
         cfg.population, members=MEMBERS[:2], strategy="map", evaluators=()))
-    summary = population.train_and_evaluate(cfg, str(tmp_path))
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
     assert summary["metadata"]["strategy"] == "map"
-    _, _, step, pstate = population.restore(cfg, str(tmp_path))
+    _, _, step, pstate = experiment.restore(cfg, str(tmp_path))
     _, single, state = alone
-    for a, b in zip(_leaves(state), _leaves(population.member(pstate, 1))):
-        np.testing.assert_array_equal(a, b)  # params, optimizer state, step, key: all equal
+    chex.assert_trees_all_equal(state, experiment.member(pstate, 1))  # params, optimizer state, step, key
     assert summary["members"]["beta=2,seed=1"]["elbo"] == single["elbo"]
 
 
 def test_per_member_outputs(trained):
     cfg, wd, summary, step, _ = trained
-    names = population.member_names(cfg)
+    names = config_lib.member_names(cfg)
     assert names == ["beta=0.5", "beta=2,seed=1", "learning_rate=0.003,seed=2"]
     plan = json.loads((wd / "population.json").read_text())
     assert [m["name"] for m in plan["members"]] == names
@@ -147,17 +148,16 @@ def test_interrupted_population_resumes_to_the_same_parameters(trained, tmp_path
 
     wd = tmp_path / "resumed"
     with pytest.raises(Stop):
-        population.train_and_evaluate(cfg, str(wd), on_epoch_end=stop_after_one)
+        train.train_and_evaluate(cfg, str(wd), on_epoch_end=stop_after_one)
     assert not (wd / "summary.json").exists()
     # a row written after the last checkpoint (as by a process killed before saving) is dropped
-    name = population.member_names(cfg)[0]
+    name = config_lib.member_names(cfg)[0]
     with open(wd / "members" / name / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 10 ** 6, "split": "train", "epoch": 99}) + "\n")
-    population.train_and_evaluate(cfg, str(wd))
-    _, _, s, resumed = population.restore(cfg, str(wd))
+    train.train_and_evaluate(cfg, str(wd))
+    _, _, s, resumed = experiment.restore(cfg, str(wd))
     assert s == step
-    for a, b in zip(_leaves(params), _leaves(resumed.params)):
-        np.testing.assert_array_equal(a, b)  # the same program: bit for bit
+    chex.assert_trees_all_equal(params, resumed.params)  # the same program: bit for bit
     epochs = [r["epoch"] for r in read_jsonl(wd / "members" / name / "metrics.jsonl") if r["split"] == "train"]
     assert epochs == list(range(1, EPOCHS + 1))
 
@@ -165,7 +165,7 @@ def test_interrupted_population_resumes_to_the_same_parameters(trained, tmp_path
     other = dataclasses.replace(cfg, population=dataclasses.replace(
         cfg.population, members=({"objective.beta": 4.0},) + MEMBERS[1:]))
     with pytest.raises(checkpoint.CheckpointError, match="holds a population with members"):
-        population.train_and_evaluate(other, str(wd))
+        train.train_and_evaluate(other, str(wd))
 
 
 @pytest.mark.slow
@@ -174,7 +174,7 @@ def test_non_finite_member_is_named(tmp_path):
     cfg = dataclasses.replace(cfg, population=dataclasses.replace(
         cfg.population, members=({"seed": 0}, {"optim.learning_rate": 1e30, "seed": 1}), evaluators=()))
     with pytest.raises(train.NonFiniteLossError, match=r"population member 1 \(learning_rate=1e\+30,seed=1\): non-finite"):
-        population.train_and_evaluate(cfg, str(tmp_path))
+        train.train_and_evaluate(cfg, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints" / "15")
 
 
@@ -207,7 +207,7 @@ def test_members_round_trip_and_evaluator_names():
     assert cfg.population.members == ({"objective.beta": 2.0, "seed": 1},)  # coerced to float
     assert isinstance(cfg.population.members[0]["objective.beta"], float)
     assert config_lib.from_config_dict(config_lib.to_config_dict(cfg)) == cfg
-    assert population.resolve_strategy("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert experiment.resolve_strategy("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
     c.population.strategy = "pmap"
     with pytest.raises(config_lib.ConfigError, match="config.population.strategy='pmap': must be one of auto, vmap, map"):
         config_lib.from_config_dict(c)
@@ -218,4 +218,4 @@ def test_members_round_trip_and_evaluator_names():
     c.population.evaluators = ("smoothnes",)
     cfg = config_lib.from_config_dict(c)
     with pytest.raises(config_lib.ConfigError, match="unknown 'smoothnes'"):
-        population.train_and_evaluate(cfg, "/nonexistent/never/created")
+        train.train_and_evaluate(cfg, "/nonexistent/never/created")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import ROOT, load_config_dict, replace, tiny
+from vae_jax import experiment
 from vae_jax import config as config_lib, sharding, train
 
 # Data-parallel sums the per-example gradients in another order than one device (per-device
@@ -154,13 +155,13 @@ def test_single_process_never_initializes_distributed(monkeypatch):
 def test_bf16_compute_keeps_float32_state_and_tracks_float32():
     cfg = tiny()
     bf = replace(cfg, model=dict(compute_dtype="bfloat16"))
-    ds = train.load_data(cfg)
+    ds = experiment.load_data(cfg)
     batch = {"image": jnp.asarray(ds.train_images[:100])}
     out = {}
     for name, c in (("f32", cfg), ("bf16", bf)):
-        exp = train.Experiment.build(c, ds.image_shape)
+        exp = experiment.Experiment.build(c, ds.image_shape)
         state = jax.jit(exp.init_state)()
-        new, m = jax.jit(exp.train_step)(state, batch, train.hyperparams(c))
+        new, m = jax.jit(exp.train_step)(state, batch, experiment.hyperparams(c))
         out[name] = (new, m)
     new, m = out["bf16"]
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
@@ -180,14 +181,14 @@ def test_precision_settings_are_applied_and_logged(tmp_path):
     assert hp["model"]["compute_dtype"] == "bfloat16" and hp["train"]["matmul_precision"] == "highest"
     assert hp["devices"]["per_device_batch_size"] == 100
     # the setting reaches the compiled dot: 'highest' lowers every f32 dot with HIGHEST precision
-    exp = train.Experiment.build(tiny(), (8, 8, 1))
+    exp = experiment.Experiment.build(tiny(), (8, 8, 1))
     state = jax.eval_shape(exp.init_state)
     batch = {"image": jax.ShapeDtypeStruct((100, 8, 8, 1), jnp.float32)}
     with sharding.matmul_precision("highest"):
-        text = jax.jit(exp.train_step).lower(state, batch, train.hyperparams(cfg)).as_text()
+        text = jax.jit(exp.train_step).lower(state, batch, experiment.hyperparams(cfg)).as_text()
     assert "HIGHEST" in text
     with sharding.matmul_precision("default"):
-        text = jax.jit(exp.train_step).lower(state, batch, train.hyperparams(cfg)).as_text()
+        text = jax.jit(exp.train_step).lower(state, batch, experiment.hyperparams(cfg)).as_text()
     assert "HIGHEST" not in text
     for bad in ("low", "fp32"):
         c = load_config_dict("quickstart")

@@ -316,3 +316,15 @@ def test_cli_bad_sweep_file_is_one_line(tmp_path):
     r = _cli("--config", str(CONFIGS / "quickstart.py"), "--workdir", str(tmp_path / "wd"))
     assert r.returncode == 2 and "defines no get_sweep()" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.py")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_plans_through_the_launcher(path, tmp_path, capsys):
+    """Each sweep file's plan is built and every run's config validated (the launcher's dry run)."""
+    wd = tmp_path / "wd"
+    assert sweep.main(["sweep", f"--config={path}", f"--workdir={wd}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spec = sweep.load_spec(path)
+    runs = sweep.plan(sweep.load_config_file(path), spec)
+    assert f"{len(runs)} run(s), {sum(len(r.members) for r in runs)} member(s) in all" in out
+    assert not wd.exists()

@@ -9,18 +9,18 @@ import pytest
 
 from conftest import load_config_dict, replace, tiny
 from vae_jax import config as config_lib
-from vae_jax import objectives, train
+from vae_jax import estimators, evaluate, experiment, objectives, train
 from vae_jax.metrics import read_jsonl
 
 
 def _hp(**kw):
     cfg = tiny(objective=kw)
-    return train.hyperparams(cfg), cfg
+    return experiment.hyperparams(cfg), cfg
 
 
 def _exp(cfg):
-    ds = train.load_data(cfg)
-    return train.Experiment.build(cfg, ds.image_shape), ds
+    ds = experiment.load_data(cfg)
+    return experiment.Experiment.build(cfg, ds.image_shape), ds
 
 
 # --- schedules --------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_free_bits_keeps_gradient_off_a_collapsed_latent_in_a_model():
     exp, ds = _exp(cfg)
     state = jax.jit(exp.init_state)()
     batch = {"image": jnp.asarray(ds.train_images[:50])}
-    hp = train.hyperparams(cfg)
+    hp = experiment.hyperparams(cfg)
     g_fb = jax.grad(lambda p: exp.loss_fn(p, batch, jax.random.key(0), jnp.int32(0), hp)[0])(state.params)
     hp0 = dict(hp, free_bits=jnp.float32(0.0), beta=jnp.float32(0.0))
     g_rec = jax.grad(lambda p: exp.loss_fn(p, batch, jax.random.key(0), jnp.int32(0), hp0)[0])(state.params)
@@ -125,7 +125,7 @@ def test_iwae_training_objective_runs_and_bound_rises_with_k(tmp_path):
 # --- CVAE -------------------------------------------------------------------------------------
 
 def test_cvae_learned_prior_moves_and_samples_come_from_it(tmp_path):
-    cfg = tiny(model=dict(family="cvae", cvae_prior="learned"), train=dict(num_epochs=5))
+    cfg = tiny(model=dict(family="cvae", cvae=dict(prior="learned")), train=dict(num_epochs=5))
     train.train_and_evaluate(cfg, str(tmp_path))
     exp, _ = _exp(cfg)
     from vae_jax import checkpoint
@@ -155,7 +155,7 @@ def test_cvae_decoder_uses_the_label():
 @pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
 def test_hvae_with_one_layer_equals_the_vae(inference):
     vae_cfg = tiny(model=dict(latent_dim=6))
-    h_cfg = replace(vae_cfg, model=dict(family="hvae", hvae_latents=(6,), hvae_inference=inference))
+    h_cfg = replace(vae_cfg, model=dict(family="hvae", hvae=dict(latents=(6,), inference=inference)))
     v_exp, ds = _exp(vae_cfg)
     h_exp, _ = _exp(h_cfg)
     params = jax.jit(v_exp.init_state)().params
@@ -169,7 +169,7 @@ def test_hvae_with_one_layer_equals_the_vae(inference):
 
 @pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
 def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path, inference):
-    cfg = tiny(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,), hvae_inference=inference),
+    cfg = tiny(model=dict(family="hvae", hvae=dict(latents=(8, 4), upper_hidden=(16,), inference=inference)),
                train=dict(num_epochs=3, figures=True))  # figures: encode/decode work on both paths
     train.train_and_evaluate(cfg, str(tmp_path))
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
@@ -185,9 +185,8 @@ def test_hvae_two_layers_logs_per_layer_kl_and_ancestral_samples(tmp_path, infer
 
 @pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
 def test_hvae_posterior_means_and_active_units_per_layer(inference):
-    from vae_jax import evaluate
 
-    cfg = tiny(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,), hvae_inference=inference))
+    cfg = tiny(model=dict(family="hvae", hvae=dict(latents=(8, 4), upper_hidden=(16,), inference=inference)))
     exp, ds = _exp(cfg)
     params = jax.jit(exp.init_state)().params
     x = jnp.asarray(ds.test_images[:64])
@@ -207,7 +206,7 @@ def test_hvae_posterior_means_and_active_units_per_layer(inference):
         np.testing.assert_allclose(means["layer2"][0], mu_hat[1][0], rtol=1e-6, atol=1e-6)
         assert float(jnp.abs(means["layer1"][0] - mu_hat[0][0]).max()) > 1e-3
     # the collapse evaluator reports active units for each layer from these means
-    ctx = evaluate.Context(exp, ds, params, 0, 0, folder="")
+    ctx = estimators.Context(exp, ds, params, 0, 0, folder="")
     out = dict(evaluate.EVALUATORS["collapse"].run(ctx))
     for name, size in (("layer1", 8), ("layer2", 4)):
         assert 0 <= out[f"{name}/active_units"] <= size
@@ -231,10 +230,10 @@ def test_ladder_posterior_is_the_precision_weighted_product_by_hand():
 
 def test_burda_two_layer_config_builds():
     cfg = config_lib.from_config_dict(load_config_dict("mnist_hvae"))
-    assert cfg.model.hvae_latents == (100, 50) and cfg.model.hidden == (200, 200)
-    assert cfg.model.upper_hidden == (100, 100) and cfg.model.activation == "tanh"
-    assert cfg.model.hvae_inference == "bottom_up"
-    exp = train.Experiment.build(cfg, (28, 28, 1))
+    assert cfg.model.hvae.latents == (100, 50) and cfg.model.hidden == (200, 200)
+    assert cfg.model.hvae.upper_hidden == (100, 100) and cfg.model.activation == "tanh"
+    assert cfg.model.hvae.inference == "bottom_up"
+    exp = experiment.Experiment.build(cfg, (28, 28, 1))
     shapes = jax.eval_shape(exp.init_state).params
     assert shapes["posterior"]["Dense_0"]["kernel"].shape == (200, 200)
     assert shapes["up_heads_0"]["Dense_0"]["kernel"].shape == (100, 100)
@@ -254,9 +253,9 @@ def test_burda_one_layer_config_is_the_like_for_like_plain_vae():
 
 @pytest.mark.parametrize("overrides", [
     dict(model=dict(family="cvae")),
-    dict(model=dict(family="cvae", cvae_prior="learned")),
-    dict(model=dict(family="hvae", hvae_latents=(8, 4), upper_hidden=(16,))),
-    dict(model=dict(family="hvae", hvae_latents=(8, 4, 2), upper_hidden=(16,), hvae_inference="bottom_up")),
+    dict(model=dict(family="cvae", cvae=dict(prior="learned"))),
+    dict(model=dict(family="hvae", hvae=dict(latents=(8, 4), upper_hidden=(16,)))),
+    dict(model=dict(family="hvae", hvae=dict(latents=(8, 4, 2), upper_hidden=(16,), inference="bottom_up"))),
     dict(objective=dict(name="iwae", num_samples=3)),
     dict(objective=dict(schedule="cyclical", cycle_steps=20)),
     dict(objective=dict(schedule="capacity", capacity_max=5.0, capacity_steps=30, capacity_gamma=10.0)),
@@ -274,15 +273,15 @@ def test_family_tiny_run_learns_and_terms_add_up(overrides, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(model=dict(family="cvae"), data=dict(name="binarized_mnist")), "a CVAE needs class labels"),
+    (dict(model=dict(family="cvae"), data=dict(name="binarized_mnist")), "a conditional family needs class labels"),
     (dict(model=dict(family="vqvae"), objective=dict(name="iwae")), "needs a stochastic encoder"),
     (dict(model=dict(family="ae"), objective=dict(schedule="linear")), "has no KL term"),
-    (dict(model=dict(hvae_latents=())), "config.model.hvae_latents=()"),
+    (dict(model=dict(hvae=dict(latents=()))), "config.model.hvae.latents=()"),
     (dict(objective=dict(free_bits=-1.0)), "config.objective.free_bits=-1.0"),
     (dict(objective=dict(name="iwae", beta=4.0)), "takes no KL weighting"),
     (dict(objective=dict(schedule="sigmoid")), "config.objective.schedule='sigmoid'"),
     (dict(objective=dict(cycle_ratio=0.0)), "config.objective.cycle_ratio=0.0"),
-    (dict(model=dict(cvae_prior="mixture")), "config.model.cvae_prior='mixture'"),
+    (dict(model=dict(cvae=dict(prior="mixture"))), "config.model.cvae.prior='mixture'"),
     (dict(model=dict(likelihood="logistic")), "discretized logistic"),
 ])
 def test_variant_bad_input(overrides, message):
@@ -293,3 +292,46 @@ def test_variant_bad_input(overrides, message):
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.from_config_dict(c)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def _step_metrics(exp, state, batch, hp):
+    return jax.jit(exp.train_step)(state, batch, hp)[1]
+
+
+def test_the_noise_differs_between_steps_and_the_shuffle_between_epochs():
+    cfg = tiny()
+    ds = experiment.load_data(cfg)
+    exp = experiment.Experiment.build(cfg, ds.image_shape)
+    hp = dict(experiment.hyperparams(cfg), learning_rate=jnp.float32(0.0))  # parameters stay put
+    state = exp.init_state()
+    batch = {"image": jnp.asarray(ds.train_images[:100])}
+    a = _step_metrics(exp, state, batch, hp)
+    assert _step_metrics(exp, state, batch, hp)["recon"] == a["recon"]  # a deterministic step
+    b = _step_metrics(exp, state.replace(step=state.step + 1), batch, hp)
+    assert a["recon"] != b["recon"] and a["kl"] == b["kl"]  # new ε (the KL is closed-form)
+
+    ae = experiment.Experiment.build(replace(cfg, model=dict(family="ae")), ds.image_shape)
+    st = ae.init_state()
+    images = jnp.asarray(ds.train_images)
+    epoch = jax.jit(ae.train_epoch)
+    recon = [np.asarray(epoch(st, hp, images, None, jnp.int32(e), ae.data_key())[1]["recon"], np.float64)
+             for e in (0, 1)]
+    # 15 batches of 100 cover all 1500 images in both epochs: the same total, another order
+    assert recon[0].sum() == pytest.approx(recon[1].sum(), rel=1e-6)
+    assert not np.allclose(recon[0], recon[1])
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(model=dict(family="hvae", hvae=dict(latents=(8, 4), upper_hidden=(16,), inference="ladder"))),
+    dict(model=dict(family="hvae", hvae=dict(latents=(8, 4), upper_hidden=(16,), inference="bottom_up"))),
+    dict(model=dict(family="cvae", cvae=dict(prior="learned"))),
+], ids=["hvae-ladder", "hvae-bottom_up", "cvae"])
+def test_importance_sampling_through_each_inference_path_is_above_the_elbo(overrides, tmp_path):
+    cfg = tiny(**overrides, train=dict(num_epochs=5))
+    train.train_and_evaluate(cfg, str(tmp_path))
+
+    out = evaluate.evaluate_workdir(replace(cfg, eval=dict(k=64, chunk=16, evaluators=(
+        "test_elbo", "importance_sampling"))), str(tmp_path))
+    assert out["is_log_px"] > out["elbo"]
+    # the mean log-weight is itself a one-sample ELBO estimate: close to the test ELBO
+    assert out["is_mean_log_weight"] == pytest.approx(out["elbo"], abs=0.05 * abs(out["elbo"]))

@@ -7,10 +7,8 @@ __version__ = "0.1.0"
 
 # XLA:CPU default, set before any JAX backend starts (XLA reads XLA_FLAGS when the first backend
 # is created, which importing vae_jax does not do). jaxlib 0.10 routes CPU matmuls through
-# YNNPACK fusions, which on the 2-core AVX2 machines we measured are slower than XLA's Eigen path
-# for this codebase's shapes: the k=5000 importance-sampling evaluation of the seed-000 MLP drops
-# from 655 s to 438 s (scripts/benchmark_is.py) and training speed is unchanged within noise.
-# Only CPU compilation reads the flag. Left alone when XLA_FLAGS already names it, when
+# YNNPACK fusions, which for this codebase's shapes are slower than XLA's Eigen path (the README
+# has the importance-sampling measurement). Only CPU compilation reads the flag. Left alone when XLA_FLAGS already names it, when
 # VAE_JAX_XLA_DEFAULTS=0, or on jaxlib versions other than the tested 0.10.x (XLA aborts on flags
 # it does not know).
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -29,3 +27,6 @@ def _apply_xla_defaults() -> None:
 
 
 _apply_xla_defaults()
+
+# the shipped model families and objectives register themselves in config.FAMILIES / OBJECTIVES
+from vae_jax import models as _models, objectives as _objectives  # noqa: E402,F401

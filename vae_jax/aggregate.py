@@ -12,13 +12,17 @@ row of ``metrics.jsonl``. Written into DIR:
 
 - ``results.csv`` / ``results.md``: one row per unit;
 - ``results_mean_std.csv`` / ``results_mean_std.md``: mean ± std (ddof 1) over seeds of every
-  configuration, with the number of seeds;
+  configuration, with the number of seeds (a single seed has no std: empty in the csv, "(n=1)" in
+  the table);
 - ``rate_distortion.png``: distortion (test recon, nats) against rate (test KL, nats) for each β,
   one curve per configuration, with lines of equal −ELBO = D + R (Alemi et al. 2018);
 - ``elbo_vs_beta.png`` (and the importance-sampled NLL when eval.json has it),
   ``active_units_vs_beta.png``, ``interpolation_smoothness_vs_beta.png`` when those exist;
 - ``ablation.png``: test ELBO (mean ± std over seeds) per configuration, when the sweep varies
   more than β and the seed.
+
+When DIR holds a sweep plan (``sweep.json``), each planned run or member without a folder or a
+``summary.json`` is reported: one warning line each on stderr and a note atop both tables.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import sys
 from typing import Any, Iterable
 
 import numpy as np
+
+from vae_jax.metrics import read_jsonl
 
 # metrics taken from each file, in table order; NLL = −is_log_px
 SUMMARY_KEYS = ("elbo", "recon", "kl", "bits_per_dim")
@@ -62,14 +68,9 @@ def _read(path: str) -> Any:
 
 def _last_train_row(path: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    row = json.loads(line)
-                    if row.get("split") == "train":
-                        last = row
+    for row in read_jsonl(path) if os.path.exists(path) else ():
+        if row.get("split") == "train":
+            last = row
     return last
 
 
@@ -97,6 +98,26 @@ def find_units(workdir: str) -> list[str]:
             if isinstance(s, dict) and "members" not in s and "elbo" in s:
                 out.append(root)
     return sorted(out)
+
+
+def incomplete(workdir: str) -> list[str]:
+    """One line per run or member of ``workdir/sweep.json`` that has no folder or no summary.json
+    (a run's summary.json is written after all its members')."""
+    path = os.path.join(workdir, "sweep.json")
+    if not os.path.exists(path):
+        return []
+    out = []
+    for run in _read(path).get("runs", []):
+        d = os.path.join(workdir, run["dir"])
+        if not os.path.isdir(d):
+            out.append(f"run {run['name']} is missing (no folder {d})")
+        elif not os.path.exists(os.path.join(d, "summary.json")):
+            out.append(f"run {run['name']} is unfinished (no summary.json in {d})")
+        elif os.path.exists(os.path.join(d, "population.json")):
+            out += [f"member {m['name']} of run {run['name']} is unfinished (no summary.json)"
+                    for m in run.get("members", [])
+                    if not os.path.exists(os.path.join(d, "members", m["name"], "summary.json"))]
+    return out
 
 
 def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,7 +175,7 @@ def _columns(rows: list[dict], overrides: list[str]) -> list[str]:
 
 
 def group(rows: list[dict], overrides: list[str]) -> list[dict[str, Any]]:
-    """Mean, std (ddof 1; 0 for one seed) and n over seeds of each configuration (the overrides
+    """Mean, std (ddof 1; None for one seed) and n over seeds of each configuration (the overrides
     and β), in first-appearance order."""
     keys = [*overrides, "beta"]
     groups: dict[str, list[dict]] = {}
@@ -169,7 +190,7 @@ def group(rows: list[dict], overrides: list[str]) -> list[dict[str, Any]]:
             vals = [r[m] for r in members if r.get(m) is not None and math.isfinite(r[m])]
             if vals:
                 g[f"{m}_mean"] = float(np.mean(vals))
-                g[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                g[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         out.append(g)
     return out
 
@@ -278,7 +299,7 @@ def _plot_vs_beta(path: str, groups: list[dict], overrides: list[str], metrics: 
             if not curve:
                 continue
             ax.errorbar([g["beta"] for g in curve], [g[f"{m}_mean"] for g in curve],
-                        yerr=[g[f"{m}_std"] for g in curve], marker="o", capsize=3, label=name)
+                        yerr=[g[f"{m}_std"] or 0.0 for g in curve], marker="o", capsize=3, label=name)
         if all(g["beta"] > 0 for g in groups):
             ax.set_xscale("log")
         ax.set_xlabel("β")
@@ -311,7 +332,7 @@ def _plot_ablation(path: str, groups: list[dict], overrides: list[str]) -> str |
     for ax, m in zip(axes[0], metrics):
         idx = [i for i, g in enumerate(groups) if f"{m}_mean" in g]
         vals = [groups[i][f"{m}_mean"] for i in idx]
-        errs = [groups[i][f"{m}_std"] for i in idx]
+        errs = [groups[i][f"{m}_std"] or 0.0 for i in idx]
         span = (max(vals) - min(vals)) or abs(max(vals)) * 0.1 or 1.0
         left = min(v - e for v, e in zip(vals, errs)) - 0.3 * span  # bars start at the axis
         ax.barh([labels[i] for i in idx], [v - left for v in vals], left=left, xerr=errs, capsize=3,
@@ -334,13 +355,16 @@ def aggregate(workdir: str) -> list[str]:
     if not rows:
         return []
     written = []
+    gaps = incomplete(workdir)
+    gap_note = (" **Incomplete sweep**: " + "; ".join(gaps) + ".") if gaps else ""
     cols = _columns(rows, overrides)
     written.append(os.path.join(workdir, "results.csv"))
     _write_csv(written[-1], rows, cols)
     written.append(os.path.join(workdir, "results.md"))
     _write_md(written[-1], "results", cols, ([_fmt(r.get(c)) for c in cols] for r in rows),
               "One row per trained model: test-set metrics in nats per image (ELBO estimator and "
-              "dataset in the last columns); nll = −importance-sampled log p(x) when evaluated.")
+              "dataset in the last columns); nll = −importance-sampled log p(x) when evaluated."
+              + gap_note)
 
     groups = group(rows, overrides)
     metrics = [m for m in METRICS if any(f"{m}_mean" in g for g in groups)]
@@ -352,9 +376,10 @@ def aggregate(workdir: str) -> list[str]:
     written.append(os.path.join(workdir, "results_mean_std.md"))
     _write_md(written[-1], "results, mean ± std over seeds", gcols + metrics,
               ([_fmt(g.get(k)) for k in gcols]
-               + [f"{_fmt(g[m + '_mean'])} ± {_fmt(g[m + '_std'])}" if m + "_mean" in g else ""
+               + [("" if m + "_mean" not in g else f"{_fmt(g[m + '_mean'])} (n=1)"
+                   if g[m + "_std"] is None else f"{_fmt(g[m + '_mean'])} ± {_fmt(g[m + '_std'])}")
                   for m in metrics] for g in groups),
-              "std with ddof 1 (0 for a single seed); n = number of seeds.")
+              "std with ddof 1; n = number of seeds; (n=1): a single seed, no std." + gap_note)
 
     betas = {g["beta"] for g in groups if g.get("beta") is not None}
     if any("kl_mean" in g for g in groups):
@@ -390,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(argv[0]):
         print(f"error: {argv[0]} is not a folder", file=sys.stderr)
         return 2
+    for line in incomplete(argv[0]):
+        print(f"warning: {line}", file=sys.stderr)
     written = aggregate(argv[0])
     if not written:
         print(f"error: no finished runs (summary.json with config.json) under {argv[0]}", file=sys.stderr)

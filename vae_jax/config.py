@@ -4,31 +4,36 @@ Config files (``configs/*.py``) return an ``ml_collections.ConfigDict``; :func:`
 turns it into the frozen dataclasses below and checks every field before anything is traced or
 compiled. A wrong field raises :class:`ConfigError` with one line naming the field, the value and
 what is allowed.
+
+Model families and objectives register themselves here (:data:`FAMILIES`, :data:`OBJECTIVES`) from
+their own modules; a family's config section (``config.model.<family>``), its validation and the
+list of family names come from that registry. Fields marked :func:`batchable` enter the compiled
+step as arrays (``experiment.hyperparams``), so a population can give each member its own value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import re
 import typing
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 
-FAMILIES = ("vae", "cvae", "hvae", "vqvae", "ae", "dae")
 NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "leaky_relu")
 INITS = ("lecun", "torch")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace", "logistic")
-CVAE_PRIORS = ("standard", "learned")
-HVAE_INFERENCE = ("ladder", "bottom_up")
-OBJECTIVES = ("elbo", "iwae")
 SCHEDULES = ("constant", "linear", "cyclical", "capacity")
 LABELLED = ("digits", "mnist", "fashion_mnist")  # datasets with class labels
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist")
 BINARIZATIONS = ("none", "dynamic")
 SCALES = ("unit", "symmetric")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "burda")  # see experiment.learning_rate_factor
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -41,6 +46,37 @@ class ConfigError(ValueError):
 
 def _fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
     raise ConfigError(f"config.{field}={value!r}: {allowed}")
+
+
+class Registry(dict):
+    """Name -> implementation, filled by the implementing modules with :meth:`register`."""
+
+    def __init__(self, field: str):
+        super().__init__()
+        self.field = field  # the config field that picks an entry, for error messages
+
+    def register(self, name: str, item: Any) -> Any:
+        if name in self:
+            raise ValueError(f"{self.field} {name!r} is registered twice")
+        self[name] = item
+        return item
+
+    def check(self, name: Any) -> Any:
+        if name not in self:
+            _fail(self.field, name, f"must be one of {', '.join(self)}")
+        return self[name]
+
+
+# family name -> a vae_jax.models.base.Family: ``section`` (its config dataclass or None),
+# ``conditional`` (needs labels), ``has_kl``, ``validate(cfg)``
+FAMILIES = Registry("model.family")
+OBJECTIVES = Registry("objective.name")  # name -> loss function (vae_jax.objectives)
+
+
+def batchable(default: Any) -> Any:
+    """A config field that enters the compiled step as a float32 array (``experiment.hyperparams``,
+    keyed by the field's name), so population members may each set it."""
+    return dataclasses.field(default=default, metadata={"batchable": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,80 +116,61 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     sigma: float = 1.0  # fixed scale of the 'gaussian' (std) and 'laplace' (b) likelihoods
     min_log_sigma: float = -7.0  # soft floor on learned log-scales ('gaussian_learned', 'logistic')
-    # cvae: the prior p(z|y): 'standard' N(0, I) for every class, or 'learned' N(μ_y, σ_y²)
-    cvae_prior: str = "standard"
-    # hvae: stochastic layer sizes bottom (z_1, next to x) to top; model.hidden is the
-    # deterministic MLP between x and z_1, upper_hidden the MLP between z_i and z_{i+1}
-    hvae_latents: tuple[int, ...] = (100, 50)
-    upper_hidden: tuple[int, ...] = (100, 100)
-    # 'ladder': q(z_i|x, z_{i+1}) merges bottom-up and top-down by precision (Sønderby et al. 2016);
-    # 'bottom_up': q(z_1|x) q(z_2|z_1) ... , each from the sample below (Burda et al. 2015)
-    hvae_inference: str = "ladder"
-    # vqvae: codebook of vq_num_codes vectors of size vq_code_dim; latent_dim codes per image
-    vq_num_codes: int = 128
-    vq_code_dim: int = 16
-    vq_commitment: float = 0.25  # β of the commitment loss (van den Oord et al. 2017)
-    vq_ema: bool = False  # codebook by exponential moving averages instead of its loss
-    vq_decay: float = 0.99
-    dae_noise: float = 0.3  # dae: std of the Gaussian noise added to the input
     # dtype of the training forward/backward pass: 'bfloat16' casts parameters and inputs to
     # bf16 inside the loss (parameters, gradients and optimizer state stay float32; the
     # evaluators run in float32)
     compute_dtype: str = "float32"
+    # every registered family's own section, as (family, section) pairs: cfg.model.<family>
+    sections: tuple[tuple[str, Any], ...] = dataclasses.field(default_factory=lambda: tuple(
+        (n, f.section()) for n, f in FAMILIES.items() if f.section is not None))
+
+    def __getattr__(self, name: str) -> Any:
+        for n, section in self.__dict__.get("sections", ()):
+            if n == name:
+                return section
+        raise AttributeError(f"ModelConfig has no field or family section {name!r}")
 
     def validate(self) -> None:
-        _choice("model.family", self.family, FAMILIES)
+        FAMILIES.check(self.family)
         _choice("model.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _choice("model.network", self.network, NETWORKS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.init", self.init, INITS)
         _choice("model.likelihood", self.likelihood, LIKELIHOODS)
-        _choice("model.cvae_prior", self.cvae_prior, CVAE_PRIORS)
-        _choice("model.hvae_inference", self.hvae_inference, HVAE_INFERENCE)
         _positive_ints("model.hidden", self.hidden, allow_empty=True)
         _positive_ints("model.conv_channels", self.conv_channels)
         _positive_ints("model.conv_strides", self.conv_strides)
-        _positive_ints("model.hvae_latents", self.hvae_latents)
-        _positive_ints("model.upper_hidden", self.upper_hidden, allow_empty=True)
         if len(self.conv_strides) != len(self.conv_channels):
             _fail("model.conv_strides", self.conv_strides,
                   f"needs one stride per conv layer ({len(self.conv_channels)})")
         if any(s not in (1, 2) for s in self.conv_strides):
             _fail("model.conv_strides", self.conv_strides, "strides must be 1 or 2")
         _min_int("model.latent_dim", self.latent_dim, 1)
-        _min_int("model.vq_num_codes", self.vq_num_codes, 2)
-        _min_int("model.vq_code_dim", self.vq_code_dim, 1)
         if not self.sigma > 0 or not math.isfinite(self.sigma):
             _fail("model.sigma", self.sigma, "must be a finite number > 0")
-        if not (self.vq_commitment >= 0 and math.isfinite(self.vq_commitment)):
-            _fail("model.vq_commitment", self.vq_commitment, "must be a finite number >= 0")
-        if not 0 < self.vq_decay < 1:
-            _fail("model.vq_decay", self.vq_decay, "must be in (0, 1)")
-        if not (self.dae_noise >= 0 and math.isfinite(self.dae_noise)):
-            _fail("model.dae_noise", self.dae_noise, "must be a finite number >= 0")
+        for name, section in self.sections:
+            section.validate()
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """The training objective. ``beta``, ``free_bits``, ``warmup_steps``, ``cycle_steps``,
-    ``capacity_max`` and the learning rate are batchable: they enter the compiled step as arrays
-    (``train.hyperparams``), so a population trains several values in one program."""
+    """The training objective; the batchable fields can differ across a population's members."""
 
     name: str = "elbo"  # 'elbo', or 'iwae': the k-sample importance-weighted bound (k = num_samples)
-    beta: float = 1.0  # weight of the KL term in the training loss (the logged ELBO is unweighted)
+    beta: float = batchable(1.0)  # weight of the KL term in the training loss (the logged ELBO is unweighted)
     num_samples: int = 1  # L Monte Carlo samples of z per datapoint (k for 'iwae')
     schedule: str = "constant"  # the KL weight over steps, see SCHEDULES
-    warmup_steps: int = 10000  # 'linear': β rises from 0 to beta over this many steps
-    cycle_steps: int = 10000  # 'cyclical': length of one cycle (Fu et al. 2019)
+    warmup_steps: int = batchable(10000)  # 'linear': β rises from 0 to beta over this many steps
+    cycle_steps: int = batchable(10000)  # 'cyclical': length of one cycle (Fu et al. 2019)
     cycle_ratio: float = 0.5  # 'cyclical': fraction of a cycle spent rising; the rest at beta
-    free_bits: float = 0.0  # λ: KL floor in nats per dimension (or group); 0 = off
+    free_bits: float = batchable(0.0)  # λ: KL floor in nats per dimension (or group); 0 = off
     free_bits_group: int = 1  # dimensions per free-bits group (1 = per dimension)
-    capacity_max: float = 25.0  # 'capacity': C rises linearly from 0 to this (nats)
-    capacity_steps: int = 100000  # 'capacity': steps over which C rises
-    capacity_gamma: float = 1000.0  # 'capacity': γ in γ·|KL − C| (Burgess et al. 2018)
+    capacity_max: float = batchable(25.0)  # 'capacity': C rises linearly from 0 to this (nats)
+    capacity_steps: int = batchable(100000)  # 'capacity': steps over which C rises
+    capacity_gamma: float = batchable(1000.0)  # 'capacity': γ in γ·|KL − C| (Burgess et al. 2018)
 
     def validate(self) -> None:
-        _choice("objective.name", self.name, OBJECTIVES)
+        OBJECTIVES.check(self.name)
         _choice("objective.schedule", self.schedule, SCHEDULES)
         if not (self.beta >= 0 and math.isfinite(self.beta)):
             _fail("objective.beta", self.beta, "must be a finite number >= 0")
@@ -174,22 +191,31 @@ class ObjectiveConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = batchable(1e-3)
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip_norm: float = 0.0  # 0 = no clipping
+    # skip the whole optimizer step (parameters and optimizer state unchanged) when the gradient's
+    # global norm exceeds this, or is not finite (VDVAE, Child 2021); 0 = off. Logged as
+    # grad_skipped (fraction of an epoch's steps) and grad_norm when on
+    skip_grad_norm: float = 0.0
+    # learning rate over training passes (experiment.learning_rate_factor): 'constant', or
+    # 'burda': learning_rate · 10^(−i/7) for 3^i passes, i = 0…7 (Burda et al. 2015; 3,280
+    # passes in all, the last rate held after them); train.num_epochs stops it early
+    schedule: str = "constant"
 
     def validate(self) -> None:
         _choice("optim.name", self.name, OPTIMIZERS)
+        _choice("optim.schedule", self.schedule, LR_SCHEDULES)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             _fail("optim.learning_rate", self.learning_rate, "must be a finite number > 0")
         for f in ("b1", "b2"):
             v = getattr(self, f)
             if not 0 <= v < 1:
                 _fail(f"optim.{f}", v, "must be in [0, 1)")
-        for f in ("eps", "weight_decay", "grad_clip_norm"):
+        for f in ("eps", "weight_decay", "grad_clip_norm", "skip_grad_norm"):
             v = getattr(self, f)
             if not (v >= 0 and math.isfinite(v)):
                 _fail(f"optim.{f}", v, "must be a finite number >= 0")
@@ -233,7 +259,7 @@ class EvalConfig:
     active_unit_threshold: float = 0.01  # a latent is active when Cov_x(E_q[z_d]) exceeds this
     collapse_threshold: float = 0.1  # nats: a latent is collapsed when its mean KL is below this
     num_pairs: int = 8  # image pairs for the interpolation smoothness metric and figure
-    interpolation_steps: int = 10  # points on each posterior-mean path (seed 004: 10)
+    interpolation_steps: int = 10  # points on each posterior-mean path
 
     def validate(self) -> None:
         _min_int("eval.batch_size", self.batch_size, 1)
@@ -252,20 +278,34 @@ class EvalConfig:
                 _fail(f"eval.{f}", v, "must be a finite number >= 0")
 
 
-# Fields a population member may set (dotted config paths): they enter the compiled step as
-# arrays (``train.hyperparams``; the seed as the member's key stream), so members differing only
-# in these share one compiled program (``vae_jax.population``).
-POPULATION_FIELDS = ("seed", "objective.beta", "optim.learning_rate", "objective.free_bits",
-                     "objective.warmup_steps", "objective.cycle_steps", "objective.capacity_max",
-                     "objective.capacity_steps", "objective.capacity_gamma")
+def batchable_paths(cfg: "Config | None" = None) -> tuple[str, ...]:
+    """Dotted paths of every batchable field (core sections and the registered families')."""
+    cfg = Config() if cfg is None else cfg
+    out = []
+    for sec in dataclasses.fields(cfg):
+        sub = getattr(cfg, sec.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        parts = [(f"{sec.name}.", sub)] + ([(f"model.{n}.", s) for n, s in sub.sections]
+                                           if sec.name == "model" else [])
+        for prefix, obj in parts:
+            out += [prefix + f.name for f in dataclasses.fields(obj) if f.metadata.get("batchable")]
+    return tuple(out)
+
+
+def population_fields() -> tuple[str, ...]:
+    """Fields a population member may set: the seed (its key stream) and the batchable fields;
+    members differing only in these share one compiled program."""
+    return ("seed",) + batchable_paths()
+
 
 POPULATION_STRATEGIES = ("auto", "vmap", "map")
 
 
 @dataclasses.dataclass(frozen=True)
 class PopulationConfig:
-    """Members trained together in one compiled program (``vae_jax.population``). Each member is
-    a dict of overrides of :data:`POPULATION_FIELDS`, e.g.
+    """Members trained together in one compiled program. Each member is a dict of overrides of
+    :func:`population_fields`, e.g.
     ``({"objective.beta": 0.5}, {"objective.beta": 2.0, "seed": 1})``; a field a member leaves out
     keeps the config's value. Empty: a single run. Members share one data order
     (``data.shuffle_seed``, default the config's seed); each draws its noise from its own seed.
@@ -274,8 +314,8 @@ class PopulationConfig:
     members: tuple[dict[str, Any], ...] = ()
     # 'vmap': members step in lockstep, their matmuls batched (one wide matmul for the first
     # layer over the shared batch): the accelerator layout. 'map': the compiled epoch runs the
-    # members one after another (lax.map), each ending bit for bit where it would alone; faster
-    # than 'vmap' on XLA:CPU (scripts/benchmark_population.py). 'auto': 'map' on CPU, else 'vmap'
+    # members one after another (lax.map), each ending bit for bit where it would alone.
+    # 'auto': 'map' on CPU, else 'vmap' (experiment.resolve_strategy)
     strategy: str = "auto"
     # evaluators (names in vae_jax.evaluate.EVALUATORS) run on every member after training,
     # written to members/<name>/eval.json; checked before anything compiles
@@ -327,7 +367,7 @@ class MeshConfig:
 class Config:
     seed: int = 0
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     objective: ObjectiveConfig = ObjectiveConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -353,17 +393,20 @@ class Config:
                                                     or self.data.name == "binarized_mnist"):
             _fail("model.likelihood", self.model.likelihood, "the discretized logistic models 8-bit "
                   "images scaled to [-1, 1]: use data.scale 'symmetric' on a grayscale dataset")
-        if self.model.family == "cvae" and self.data.name not in LABELLED:
-            _fail("model.family", self.model.family, f"a CVAE needs class labels and "
+        family = FAMILIES[self.model.family]
+        if family.conditional and self.data.name not in LABELLED:
+            _fail("model.family", self.model.family, f"a conditional family needs class labels and "
                   f"{self.data.name} has none; use one of {', '.join(LABELLED)}")
-        no_kl = ("vqvae", "ae", "dae")
-        if self.model.family in no_kl and self.objective.name == "iwae":
+        if not family.has_kl and self.objective.name == "iwae":
             _fail("objective.name", self.objective.name,
                   f"the IWAE bound needs a stochastic encoder; family '{self.model.family}' has none")
-        if self.model.family in no_kl and (self.objective.schedule != "constant"
-                                           or self.objective.free_bits):
+        if not family.has_kl and self.objective.beta != 1.0:
+            _fail("objective.beta", self.objective.beta,
+                  f"family '{self.model.family}' has no KL term to weight; use 1.0")
+        if not family.has_kl and (self.objective.schedule != "constant" or self.objective.free_bits):
             _fail("objective.schedule", self.objective.schedule, f"family '{self.model.family}' "
                   "has no KL term to schedule (use 'constant' and free_bits 0)")
+        family.validate(self)
 
         if self.mesh.members not in (1, -1) and not self.population.members:
             _fail("mesh.members", self.mesh.members, "a single run has one member: use 1 (or set "
@@ -380,7 +423,12 @@ class Config:
                 raise ConfigError(f"config.population.members[{i}]: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain nested dicts; the model's family sections appear as ``model.<family>``."""
+        out = dataclasses.asdict(dataclasses.replace(self, model=dataclasses.replace(
+            self.model, sections=())))
+        del out["model"]["sections"]
+        out["model"].update({n: dataclasses.asdict(s) for n, s in self.model.sections})
+        return out
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -407,7 +455,13 @@ def _convert(cls: type, raw: Any, prefix: str) -> Any:
         _fail(prefix.rstrip("."), raw, f"must be a section ({cls.__name__})")
     items = dict(raw.items())
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - {"sections"}
+    sections = {}
+    if cls is ModelConfig:  # family sections: model.<family> with the family's own dataclass
+        default = dict(ModelConfig().sections)
+        names |= set(default)
+        sections = {n: _convert(type(s), items.pop(n), f"{prefix}{n}.") if n in items else s
+                    for n, s in default.items()}
     for key in items:
         if key not in names:
             _fail(prefix + key, items[key], f"unknown field; allowed: {', '.join(sorted(names))}")
@@ -420,6 +474,8 @@ def _convert(cls: type, raw: Any, prefix: str) -> Any:
             kwargs[f.name] = _convert(hint, value, field + ".")
         else:
             kwargs[f.name] = _coerce(field, value, hint)
+    if cls is ModelConfig:
+        kwargs["sections"] = tuple(sections.items())
     return cls(**kwargs)
 
 
@@ -460,6 +516,9 @@ def field_type(path: str) -> Any:
     cls: Any = Config
     for i, name in enumerate(parts):
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if cls is ModelConfig:
+            hints = dict(hints, **{n: type(s) for n, s in ModelConfig().sections})
+            hints.pop("sections")
         if name not in hints:
             return None
         cls = hints[name]
@@ -474,10 +533,10 @@ def _coerce_member(field: str, value: Any) -> dict[str, Any]:
     out = {}
     for k, v in value.items():
         if not isinstance(k, str) or field_type(k) is None:
-            _fail(f"{field}[{k!r}]", v, f"unknown field; a member may set {', '.join(POPULATION_FIELDS)}")
-        if k not in POPULATION_FIELDS:
+            _fail(f"{field}[{k!r}]", v, f"unknown field; a member may set {', '.join(population_fields())}")
+        if k not in population_fields():
             _fail(f"{field}[{k!r}]", v, "not batchable (it changes the compiled program: make it a "
-                  f"separate run); a member may set {', '.join(POPULATION_FIELDS)}")
+                  f"separate run); a member may set {', '.join(population_fields())}")
         out[k] = _coerce(f"{field}[{k!r}]", v, field_type(k))
     return out
 
@@ -491,23 +550,26 @@ def coerce_field(path: str, value: Any, where: str = "") -> Any:
     return _coerce(where or path, value, hint)
 
 
-def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """``cfg`` with dotted fields replaced, e.g. ``{"objective.beta": 2.0, "seed": 1}`` (values
-    as given: coerce and validate separately)."""
+def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """``cfg`` with dotted fields replaced, e.g. ``{"objective.beta": 2.0, "seed": 1}`` or
+    ``{"model.hvae.latents": (64,)}`` (values as given: coerce and validate separately)."""
     top = {k: v for k, v in overrides.items() if "." not in k}
-    sections: dict[str, dict[str, Any]] = {}
+    nested: dict[str, dict[str, Any]] = {}
     for k, v in overrides.items():
         if "." in k:
-            section, name = k.split(".", 1)
-            sections.setdefault(section, {})[name] = v
+            head, rest = k.split(".", 1)
+            nested.setdefault(head, {})[rest] = v
+    if isinstance(cfg, ModelConfig):
+        sections = tuple((n, with_overrides(s, nested.pop(n, {}))) for n, s in cfg.sections)
+        top["sections"] = sections
     return dataclasses.replace(cfg, **top, **{
-        s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+        s: with_overrides(getattr(cfg, s), f) for s, f in nested.items()})
 
 
 def member_configs(cfg: Config) -> list[Config]:
     """One single-run config per population member (none for an empty population): the member's
     overrides applied, ``population.members`` emptied and ``data.shuffle_seed`` pinned to the
-    population's data order, so ``train.train_and_evaluate`` on it trains exactly that member."""
+    population's data order, so training it alone trains exactly that member."""
     if not cfg.population.members:
         return []
     shuffle = cfg.data.shuffle_seed if cfg.data.shuffle_seed >= 0 else cfg.seed
@@ -515,6 +577,40 @@ def member_configs(cfg: Config) -> list[Config]:
                                data=dataclasses.replace(cfg.data, shuffle_seed=shuffle),
                                mesh=dataclasses.replace(cfg.mesh, members=1))
     return [with_overrides(base, m) for m in cfg.population.members]
+
+
+def format_value(v: Any) -> str:
+    """A config value as it appears in folder names: 0.1, 1e-05, 400-400, True, gaussian."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return format(v, ".12g")
+    if isinstance(v, (tuple, list)):
+        return "-".join(format_value(x) for x in v) or "none"
+    return str(v)
+
+
+def label(overrides: Mapping[str, Any], keys: Mapping[str, str] | None = None,
+          empty: str = "default") -> str:
+    """A deterministic, filesystem-safe name for a set of overrides: ``beta=0.5,seed=1``.
+
+    Fields are named by their last component unless ``keys`` maps them to something else (the
+    sweep passes full paths where last components collide); long names are cut and suffixed with
+    a hash of the whole, so distinct overrides keep distinct names."""
+    if not overrides:
+        return empty
+    keys = keys or {}
+    parts = [f"{keys.get(k, k.rsplit('.', 1)[-1])}={format_value(v)}" for k, v in overrides.items()]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
+    if len(name) > 120:
+        digest = hashlib.sha1(json.dumps(sorted(overrides.items()), default=str).encode()).hexdigest()
+        name = f"{name[:100]}-{digest[:10]}"
+    return name
+
+
+def member_names(cfg: Config) -> list[str]:
+    """Folder names of the population's members, from their overrides."""
+    return [label(m) for m in cfg.population.members]
 
 
 def from_config_dict(raw: ml_collections.ConfigDict | dict) -> Config:

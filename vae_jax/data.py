@@ -81,6 +81,33 @@ def scale(x, mode: str):
     raise ValueError(f"unknown scale mode {mode!r}; choose 'unit' or 'symmetric'")
 
 
+def prepare(x, key, cfg):
+    """Device-side preprocessing of [0, 1] images for a DataConfig ``cfg``: dynamic binarization
+    (a fresh draw from ``key``), then :func:`scale`."""
+    if cfg.binarization == "dynamic":
+        x = binarize(x, key)
+    return scale(x, cfg.scale)
+
+
+def to_unit(x, mode: str):
+    """The inverse of :func:`scale`, clipped to [0, 1] (for display and per-pixel BCE)."""
+    if mode == "symmetric":
+        x = (x + 1.0) / 2.0
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def batched(arrays: dict, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Arrays with a common leading axis N, zero-padded to whole batches and reshaped to
+    [num_batches, batch_size, ...], and the number of real rows in each batch."""
+    n = len(next(iter(arrays.values())))
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    out = {k: jnp.pad(jnp.asarray(v), ((0, pad),) + ((0, 0),) * (np.ndim(v) - 1)).reshape(
+        nb, batch_size, *np.shape(v)[1:]) for k, v in arrays.items() if v is not None}
+    counts = np.minimum(batch_size, n - batch_size * np.arange(nb))
+    return out, counts
+
+
 def _load_digits(train_split, test_split):
     if (train_split, test_split) != ("train", "test"):
         raise DataError(f"digits has only the fixed splits 'train'/'test', got "

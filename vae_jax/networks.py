@@ -95,7 +95,7 @@ class MLPDecoder(nn.Module):
 
 
 # Conv trunks by input size: (channels, strides) for ModelConfig.conv_channels / conv_strides.
-# 28×28 is seed 004's recipe (28 → 14 → 7 → 7); 32×32 halves three times (32 → 4) and 64×64
+# 28×28 halves twice (28 → 14 → 7 → 7); 32×32 halves three times (32 → 4) and 64×64
 # four times (64 → 4), so every decoder starts from a 4×4 or 7×7 map. Any channel count works.
 CONV_PRESETS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     28: ((32, 64, 128), (2, 2, 1)),
@@ -107,7 +107,7 @@ CONV_PRESETS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 class ConvEncoder(nn.Module):
     """Conv layers (4×4 kernels for stride 2, 3×3 for stride 1) -> flattened features.
 
-    The seed-004 recipe is channels (32, 64, 128) with strides (2, 2, 1) on 28×28 inputs.
+    A common MNIST recipe is channels (32, 64, 128) with strides (2, 2, 1) on 28×28 inputs.
     """
 
     channels: Sequence[int]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vae_jax.config import OBJECTIVES
+
 
 def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension: ½(μ² + σ² − 1 − log σ²)."""
@@ -38,7 +40,7 @@ def beta_vae_loss(terms: dict[str, jax.Array], beta: float | jax.Array) -> jax.A
 
 
 # --- KL schedules, free bits, capacity, IWAE --------------------------------------------------
-# Batchable hyperparameters arrive as a dict of float32 scalars ``hp`` (see train.hyperparams),
+# Batchable hyperparameters arrive as a dict of float32 scalars ``hp`` (experiment.hyperparams),
 # so one compiled program can train a population with different values.
 
 
@@ -89,21 +91,30 @@ def gaussian_kl_to(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
 
 def training_loss(terms: dict[str, jax.Array], step: jax.Array, hp: dict[str, jax.Array],
                   cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The scalar loss for ``cfg`` (an ObjectiveConfig) and what to log about it.
-
-    Families without a KL term (VQ-VAE, AE, DAE) give ``aux_loss`` (codebook and commitment
-    losses, or 0) and are trained on recon + aux_loss. Otherwise: 'iwae' maximises the k-sample
-    bound; 'capacity' minimises recon + γ·|KL − C|; every other schedule recon + β_t · KL, with
-    KL under free bits when λ > 0.
-    """
-    recon = jnp.mean(terms["recon"])
+    """The scalar loss of the objective ``cfg.name`` (an ObjectiveConfig) and what to log about
+    it. Families without a KL term (VQ-VAE, AE, DAE) give ``aux_loss`` (codebook and commitment
+    losses, or 0) and are trained on recon + aux_loss whatever the objective."""
     if "aux_loss" in terms:
-        return recon + jnp.mean(terms["aux_loss"]), {}
-    if cfg.name == "iwae":
-        return -jnp.mean(iwae_bound(terms["log_w"])), {}
+        return jnp.mean(terms["recon"]) + jnp.mean(terms["aux_loss"]), {}
+    return OBJECTIVES[cfg.name](terms, step, hp, cfg)
+
+
+def elbo_loss(terms, step, hp, cfg):
+    """'capacity': recon + γ·|KL − C|; every other schedule recon + β_t · KL, with KL under free
+    bits when λ > 0."""
+    recon = jnp.mean(terms["recon"])
     if cfg.schedule == "capacity":
         c = capacity(step, hp)
         return recon + hp["capacity_gamma"] * jnp.abs(jnp.mean(terms["kl"]) - c), {"capacity": c}
     beta = kl_weight(cfg.schedule, step, hp, cfg.cycle_ratio)
     kl = free_bits_kl(terms["kl_per_dim"], hp["free_bits"], cfg.free_bits_group)
     return recon + beta * kl, {"beta": beta}
+
+
+def iwae_loss(terms, step, hp, cfg):
+    """The negative k-sample importance-weighted bound (k = objective.num_samples)."""
+    return -jnp.mean(iwae_bound(terms["log_w"])), {}
+
+
+OBJECTIVES.register("elbo", elbo_loss)
+OBJECTIVES.register("iwae", iwae_loss)

@@ -5,9 +5,9 @@ apply to it as for a single run) and ``get_sweep()`` returning a :class:`Spec`: 
 (built with :func:`axis`, :func:`product` and :func:`zip_` over dotted config fields), times
 ``seeds``. Each point is the base config with its fields replaced.
 
-Points that differ only in batchable fields (``config.POPULATION_FIELDS``: seed, β, learning
+Points that differ only in batchable fields (``config.population_fields()``: seed, β, learning
 rate, free bits, warm-up/cycle/capacity lengths and targets) become members of one population,
-trained in one compiled program (``vae_jax.population``); every other field (family, network,
+trained in one compiled program (``vae_jax.train``); every other field (family, network,
 widths, latent size, likelihood, schedule, ...) makes a separate run. Runs land in
 ``DIR/runs/<name>``, with ``<name>`` derived from the run's structural overrides (``base`` when
 there are none), so re-running the same command skips finished runs (``summary.json`` present)
@@ -33,8 +33,8 @@ import ml_collections
 
 from vae_jax import config as config_lib
 from vae_jax.config import Config, ConfigError
-from vae_jax import population, train
-from vae_jax.population import label
+from vae_jax import train
+from vae_jax.config import label
 
 Point = dict[str, Any]
 RUNS_DIR = "runs"
@@ -198,9 +198,10 @@ def plan(base: ml_collections.ConfigDict | Mapping | Config, spec: Spec) -> list
         seen[key] = i
 
     groups: dict[str, tuple[dict, list[dict]]] = {}
+    fields = config_lib.population_fields()
     for p in points:
-        structural = {k: v for k, v in p.items() if k not in config_lib.POPULATION_FIELDS}
-        batch = {k: v for k, v in p.items() if k in config_lib.POPULATION_FIELDS}
+        structural = {k: v for k, v in p.items() if k not in fields}
+        batch = {k: v for k, v in p.items() if k in fields}
         key = json.dumps(sorted(structural.items()), default=str)
         groups.setdefault(key, (structural, []))[1].append(batch)
 
@@ -309,7 +310,7 @@ def run_sweep(base: ml_collections.ConfigDict | Mapping | Config, spec: Spec, wo
         out(f"--- {r.name}: {len(r.members)} member(s), {'resuming' if before == 'partial' else 'starting'}")
         hook = None if on_epoch_end is None else (lambda e, name=r.name: on_epoch_end(name, e))
         try:
-            population.train_and_evaluate(r.config, run_dir(workdir, r), on_epoch_end=hook)
+            train.train_and_evaluate(r.config, run_dir(workdir, r), on_epoch_end=hook)
         except train.NonFiniteLossError as e:
             out(f"error: run {r.name}: {e}")
             results.append((r.name, f"failed: {e}"))
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     from absl import logging as absl_logging
     from ml_collections import config_flags
 
-    from vae_jax import checkpoint, data
+    from vae_jax import checkpoint, data, lock
 
     argv = list(sys.argv if argv is None else argv)
     argv = [a.replace("--dry-run", "--dry_run", 1) if a.startswith("--dry-run") else a for a in argv]
@@ -364,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                             dry_run=fv.dry_run)
     except (ConfigError, data.DataError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 4 if isinstance(e, checkpoint.CheckpointWriteError) else 2
+    except (lock.LockError, OSError) as e:  # a run folder in use, a full or read-only disk
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print(f"error: interrupted; re-run the same command to resume {fv.workdir}", file=sys.stderr)
+        return 130
     if fv.dry_run:
         return 0
     for n, s in results:

@@ -1,10 +1,10 @@
-"""Autoencoder baselines on the VAE's networks (seed 001's contrast): a deterministic code
+"""Autoencoder baselines on the VAE's networks, the contrast to the VAE: a deterministic code
 z = f(x) from the same encoder trunk and a Dense head of ``latent_dim`` units, and the same
 decoder and likelihood as the VAE.
 
 - AE: z = f(x), trained on −log p(x | z).
-- DAE (Vincent et al. 2008): the encoder sees x̃ = x + σ ε, ε ~ N(0, I) (σ = ``model.dae_noise``,
-  ε from the ``key`` given to :func:`dae_terms`), and the decoder is scored on the clean x. With
+- DAE (Vincent et al. 2008): the encoder sees x̃ = x + σ ε, ε ~ N(0, I) (σ = ``model.dae.noise``,
+  ε from the ``key`` given to ``terms``), and the decoder is scored on the clean x. With
   ``num_samples`` = L, L corruptions per image are averaged.
 
 Neither has a prior or a posterior, so ``kl`` is 0 and ``elbo`` = −recon is a *reconstruction
@@ -17,13 +17,26 @@ means works; the zero log-variance is a placeholder, the code is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import likelihoods, networks
-from vae_jax.config import Config, ConfigError, ModelConfig
+from vae_jax import config, likelihoods, networks
+from vae_jax.config import ModelConfig
 from vae_jax.models import vae
+from vae_jax.models.base import Family, register
+
+
+@dataclasses.dataclass(frozen=True)
+class DAEConfig:
+    noise: float = 0.3  # std of the Gaussian noise added to the input
+
+    def validate(self) -> None:
+        if not (self.noise >= 0 and math.isfinite(self.noise)):
+            config._fail("model.dae.noise", self.noise, "must be a finite number >= 0")
 
 
 class AE(nn.Module):
@@ -55,18 +68,6 @@ class AE(nn.Module):
         return {"z": z, "params": self.decoder(z)}
 
 
-def build(cfg: Config, image_shape: tuple[int, int, int]) -> AE:
-    check_no_kl(cfg)
-    return AE(cfg.model, tuple(image_shape))
-
-
-def check_no_kl(cfg: Config) -> None:
-    """Families without a KL term ignore β; a β other than 1 is a mistake, not a setting."""
-    if cfg.objective.beta != 1.0:
-        raise ConfigError(f"config.objective.beta={cfg.objective.beta!r}: family "
-                          f"'{cfg.model.family}' has no KL term to weight; use 1.0")
-
-
 def corrupt(x: jax.Array, key: jax.Array, noise: float, num_samples: int = 1) -> jax.Array:
     """``num_samples`` corrupted copies x + noise·ε of a batch, [L, *x.shape]."""
     eps = jax.random.normal(key, (num_samples, *x.shape), x.dtype)
@@ -88,15 +89,28 @@ def _terms(model: AE, params, x_in: jax.Array, x: jax.Array) -> dict[str, jax.Ar
             "code_rms": jnp.mean(jnp.sqrt(jnp.mean(jnp.square(z), -1)), 0)}
 
 
-def terms(model: AE, params, batch: dict[str, jax.Array], key: jax.Array,
-          num_samples: int) -> dict[str, jax.Array]:
-    """AE terms; the code is deterministic, so ``key`` and ``num_samples`` are unused."""
-    x = batch["image"]
-    return _terms(model, params, x[None], x)
+class AEFamily(Family):
+    name = "ae"
+    has_kl = False
+
+    def build(self, cfg, image_shape):
+        return AE(cfg.model, tuple(image_shape))
+
+    def terms(self, model, params, batch, key, num_samples, aux=None):
+        """AE terms; the code is deterministic, so ``key`` and ``num_samples`` are unused."""
+        x = batch["image"]
+        return _terms(model, params, x[None], x)
 
 
-def dae_terms(model: AE, params, batch: dict[str, jax.Array], key: jax.Array,
-              num_samples: int) -> dict[str, jax.Array]:
-    """DAE terms: encode x + σ ε (L = ``num_samples`` draws from ``key``), score the clean x."""
-    x = batch["image"]
-    return _terms(model, params, corrupt(x, key, model.cfg.dae_noise, num_samples), x)
+class DAEFamily(AEFamily):
+    name = "dae"
+    section = DAEConfig
+
+    def terms(self, model, params, batch, key, num_samples, aux=None):
+        """DAE terms: encode x + σ ε (L = ``num_samples`` draws from ``key``), score the clean x."""
+        x = batch["image"]
+        return _terms(model, params, corrupt(x, key, model.cfg.dae.noise, num_samples), x)
+
+
+register(AEFamily())
+register(DAEFamily())

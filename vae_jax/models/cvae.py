@@ -1,4 +1,4 @@
-"""Conditional VAE (Sohn et al. 2015; seeds 000 and 004): q(z|x, y), p(x|z, y) and a prior p(z|y)
+"""Conditional VAE (Sohn et al. 2015): q(z|x, y), p(x|z, y) and a prior p(z|y)
 that is N(0, I) for every class ('standard') or a learned diagonal Gaussian per class ('learned').
 
     log p(x|y) >= E_q(z|x,y)[log p(x|z, y)] − KL(q(z|x, y) || p(z|y))
@@ -6,15 +6,27 @@ that is N(0, I) for every class ('standard') or a learned diagonal Gaussian per 
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import likelihoods, networks
+from vae_jax import config, likelihoods, networks
 from vae_jax.config import ModelConfig
 from vae_jax.models import vae
+from vae_jax.models.base import Family, register
 
 NUM_CLASSES = 10  # every labelled dataset here (digits, mnist, fashion_mnist) has 10 classes
+
+
+@dataclasses.dataclass(frozen=True)
+class CVAEConfig:
+    # the prior p(z|y): 'standard' N(0, I) for every class, or 'learned' N(μ_y, σ_y²)
+    prior: str = "standard"
+
+    def validate(self) -> None:
+        config._choice("model.cvae.prior", self.prior, ("standard", "learned"))
 
 
 class CVAE(nn.Module):
@@ -29,7 +41,7 @@ class CVAE(nn.Module):
         self.posterior = networks.Dense(2 * cfg.latent_dim, cfg.init)
         self.decoder = vae.make_decoder(
             cfg, self.image_shape, likelihoods.from_config(cfg).params_per_channel * self.image_shape[-1])
-        if cfg.cvae_prior == "learned":
+        if cfg.cvae.prior == "learned":
             self.prior_mu = self.param("prior_mu", nn.initializers.zeros, (self.num_classes, cfg.latent_dim))
             self.prior_logvar = self.param("prior_logvar", nn.initializers.zeros,
                                            (self.num_classes, cfg.latent_dim))
@@ -53,7 +65,7 @@ class CVAE(nn.Module):
 
     def prior(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(μ, log σ²) of p(z|y); zeros for the standard prior."""
-        if self.cfg.cvae_prior == "learned":
+        if self.cfg.cvae.prior == "learned":
             return self.prior_mu[y], self.prior_logvar[y]
         z = jnp.zeros((y.shape[0], self.cfg.latent_dim), jnp.float32)
         return z, z
@@ -73,14 +85,27 @@ class CVAE(nn.Module):
         return {"mu": mu, "logvar": logvar, "z": z, "params": params, "prior_mu": pmu, "prior_logvar": plv}
 
 
-def init(model: CVAE, rngs: dict, batch: dict) -> dict:
-    return model.init(rngs, batch["image"], batch["label"])["params"]
+class CVAEFamily(Family):
+    name = "cvae"
+    section = CVAEConfig
+    conditional = True
+
+    def build(self, cfg, image_shape):
+        return CVAE(cfg.model, tuple(image_shape), NUM_CLASSES)
+
+    def terms(self, model, params, batch, key, num_samples, aux=None):
+        """Per-example terms of the CVAE bound on log p(x|y)."""
+        out = model.apply({"params": params}, batch["image"], batch["label"], num_samples,
+                          rngs={"noise": key})
+        prior = None if model.cfg.cvae.prior == "standard" else (out["prior_mu"], out["prior_logvar"])
+        return vae.gaussian_terms(model.cfg, batch["image"], out, prior)
+
+    def sample_prior(self, model, params, key, n, y=None):
+        y = jnp.zeros((n,), jnp.int32) if y is None else jnp.asarray(y, jnp.int32)
+        return model.apply({"params": params}, key, y, method=model.sample_prior)
+
+    def describe_latents(self, cfg):
+        return f"latent {cfg.model.latent_dim}, {cfg.model.cvae.prior} prior p(z|y)"
 
 
-def terms(model: CVAE, params, batch: dict[str, jax.Array], key: jax.Array,
-          num_samples: int) -> dict[str, jax.Array]:
-    """Per-example terms of the CVAE bound on log p(x|y)."""
-    out = model.apply({"params": params}, batch["image"], batch["label"], num_samples,
-                      rngs={"noise": key})
-    prior = None if model.cfg.cvae_prior == "standard" else (out["prior_mu"], out["prior_logvar"])
-    return vae.gaussian_terms(model.cfg, batch["image"], out, prior)
+register(CVAEFamily())

@@ -9,27 +9,42 @@ level; the posterior at level i combines it with the top-down prior by precision
 and q(z_L | x) = N(μ̂_L, σ̂_L²). Each layer's KL is analytic given the sampled parent. Module names
 at level 1 (encoder, posterior, decoder) are those of the plain VAE, so with one stochastic layer
 this model *is* the VAE with the same parameters. Burda et al. (2015)'s two-layer MNIST model:
-``hidden=(200, 200)``, ``hvae_latents=(100, 50)``, ``upper_hidden=(100, 100)``, tanh.
+``hidden=(200, 200)``, ``hvae.latents=(100, 50)``, ``hvae.upper_hidden=(100, 100)``, tanh.
 
-Known failure of the ladder path (measured on dynamically binarized MNIST, issue 3): with a
-learned prior, q = p is an absorbing state. Once KL pressure makes q(z_1|·) copy p(z_1|z_2), the
-decoder gains by shrinking σ_p at no KL cost, the bottom-up precision share σ̂⁻²/(σ̂⁻² + σ_p⁻²)
-falls exponentially (log σ̂² ≈ +4.7, log σ_p² ≈ −3.9 after 10 epochs at constant β), and so does
-every gradient into μ̂: the run ends at the pixel-marginal ELBO (≈ −206). A linear KL warm-up
-over 2 epochs did not prevent it; free bits per 50-dim group kept both layers active but trained
-slowly (test ELBO −137 after 10 epochs, −127 with the warm-up as well; the plain VAE: −108).
-Sønderby et al. also used batch norm and 200 warm-up epochs.
+With a learned prior, q = p is an absorbing state of the ladder path: once q(z_1|·) copies
+p(z_1|z_2), shrinking σ_p costs no KL and drives the bottom-up precision share, and with it the
+gradient into μ̂, towards zero (the README's comparison shows the effect). Sønderby et al. used
+batch normalization and a long KL warm-up against it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import likelihoods, networks, objectives
+from vae_jax import config, likelihoods, networks, objectives
 from vae_jax.config import ModelConfig
 from vae_jax.models import vae
+from vae_jax.models.base import Family, register
+
+
+@dataclasses.dataclass(frozen=True)
+class HVAEConfig:
+    # stochastic layer sizes bottom (z_1, next to x) to top; model.hidden is the deterministic
+    # MLP between x and z_1, upper_hidden the MLP between z_i and z_{i+1}
+    latents: tuple[int, ...] = (100, 50)
+    upper_hidden: tuple[int, ...] = (100, 100)
+    # 'ladder': q(z_i|x, z_{i+1}) merges bottom-up and top-down by precision (Sønderby et al. 2016);
+    # 'bottom_up': q(z_1|x) q(z_2|z_1) ... , each from the sample below (Burda et al. 2015)
+    inference: str = "ladder"
+
+    def validate(self) -> None:
+        config._positive_ints("model.hvae.latents", self.latents)
+        config._positive_ints("model.hvae.upper_hidden", self.upper_hidden, allow_empty=True)
+        config._choice("model.hvae.inference", self.inference, ("ladder", "bottom_up"))
 
 
 def precision_weighted(mu_hat: jax.Array, lv_hat: jax.Array, mu_p: jax.Array,
@@ -48,16 +63,16 @@ class HVAE(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        sizes = cfg.hvae_latents
+        sizes = cfg.hvae.latents
         self.encoder = vae.make_encoder(cfg)
         self.posterior = networks.Dense(2 * sizes[0], cfg.init)
         self.decoder = vae.make_decoder(
             cfg, self.image_shape, likelihoods.from_config(cfg).params_per_channel * self.image_shape[-1])
         # bottom-up: features (ladder) or the sample (bottom_up) of level i -> (μ̂, log σ̂²) of level i+1
-        self.up = [networks.MLP(cfg.upper_hidden, cfg.activation, cfg.init) for _ in sizes[1:]]
+        self.up = [networks.MLP(cfg.hvae.upper_hidden, cfg.activation, cfg.init) for _ in sizes[1:]]
         self.up_heads = [networks.Dense(2 * d, cfg.init) for d in sizes[1:]]
         # top-down: z_{i+1} -> (μ_p, log σ_p²) of level i
-        self.down = [networks.MLP(cfg.upper_hidden, cfg.activation, cfg.init) for _ in sizes[1:]]
+        self.down = [networks.MLP(cfg.hvae.upper_hidden, cfg.activation, cfg.init) for _ in sizes[1:]]
         self.down_heads = [networks.Dense(2 * d, cfg.init) for d in sizes[:-1]]
 
     def bottom_up(self, x: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
@@ -90,7 +105,7 @@ class HVAE(nn.Module):
 
     def sample_prior(self, key: jax.Array, n: int) -> jax.Array:
         """Ancestral samples z_1 from p(z_L) Π p(z_i | z_{i+1}); decode them for images."""
-        sizes = self.cfg.hvae_latents
+        sizes = self.cfg.hvae.latents
         z = jax.random.normal(jax.random.fold_in(key, len(sizes) - 1), (n, sizes[-1]))
         for i in reversed(range(len(sizes) - 1)):
             mu, lv = self.top_down_prior(i, z)
@@ -100,7 +115,7 @@ class HVAE(nn.Module):
     def __call__(self, x: jax.Array, num_samples: int = 1) -> dict[str, jax.Array]:
         """L samples through the inference path: per-level KL [B, d_i] (averaged over samples),
         log p(z) and log q(z|x) of the samples, and the decoder's parameters [L, B, H, W, k·C]."""
-        if self.cfg.hvae_inference == "bottom_up":
+        if self.cfg.hvae.inference == "bottom_up":
             return self._bottom_up_path(x, num_samples)
         levels = self.bottom_up(x)
         top = len(levels) - 1
@@ -131,7 +146,7 @@ class HVAE(nn.Module):
         mu, lv = self._split(self.posterior(self.encoder(x)))
         mu, lv = jnp.broadcast_to(mu, (num_samples, *mu.shape)), jnp.broadcast_to(lv, (num_samples, *lv.shape))
         qs, zs = [], []
-        for i in range(len(self.cfg.hvae_latents)):
+        for i in range(len(self.cfg.hvae.latents)):
             if i > 0:
                 h = self.up[i - 1](zs[-1].reshape(-1, zs[-1].shape[-1]))
                 mu, lv = self._split(self.up_heads[i - 1](h))
@@ -170,15 +185,39 @@ class HVAE(nn.Module):
                 for i, (mu, lv) in enumerate(out["q_levels"])}
 
 
-def terms(model: HVAE, params, batch: dict[str, jax.Array], key: jax.Array,
-          num_samples: int) -> dict[str, jax.Array]:
-    """ELBO terms with the KL summed over layers, per-layer KLs ``kl_layer{i}`` (1 = bottom),
-    and log-weights through the full inference path."""
-    x = batch["image"]
-    out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
-    log_px = likelihoods.from_config(model.cfg).log_prob(out["params"], x[None])
-    t = objectives.elbo_terms(log_px, jnp.concatenate(out["kl_levels"], -1))
-    for i, kl in enumerate(out["kl_levels"]):
-        t[f"kl_layer{i + 1}"] = jnp.sum(kl, -1)
-    t["log_w"] = log_px + out["log_pz"] - out["log_qz"]
-    return t
+class HVAEFamily(Family):
+    name = "hvae"
+    section = HVAEConfig
+
+    def build(self, cfg, image_shape):
+        return HVAE(cfg.model, tuple(image_shape))
+
+    def terms(self, model, params, batch, key, num_samples, aux=None):
+        """ELBO terms with the KL summed over layers, per-layer KLs ``kl_layer{i}`` (1 = bottom),
+        and log-weights through the full inference path."""
+        x = batch["image"]
+        out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
+        log_px = likelihoods.from_config(model.cfg).log_prob(out["params"], x[None])
+        t = objectives.elbo_terms(log_px, jnp.concatenate(out["kl_levels"], -1))
+        for i, kl in enumerate(out["kl_levels"]):
+            t[f"kl_layer{i + 1}"] = jnp.sum(kl, -1)
+        t["log_w"] = log_px + out["log_pz"] - out["log_qz"]
+        return t
+
+    def posteriors(self, model, params, batch, key):
+        return model.apply({"params": params}, batch["image"], rngs={"noise": key},
+                           method=model.posterior_means)
+
+    def latent_sizes(self, m):
+        return tuple(m.hvae.latents)
+
+    def sample_prior(self, model, params, key, n, y=None):
+        return model.apply({"params": params}, key, n, method=model.sample_prior)
+
+    def describe_latents(self, cfg):
+        h = cfg.model.hvae
+        return (f"latents {'-'.join(map(str, h.latents))} (upper "
+                f"{'-'.join(map(str, h.upper_hidden))}, {h.inference} inference)")
+
+
+register(HVAEFamily())

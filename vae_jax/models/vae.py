@@ -6,8 +6,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+import jax.numpy as jnp
+
 from vae_jax import likelihoods, networks, objectives
 from vae_jax.config import ModelConfig
+from vae_jax.models.base import Family, register
 
 
 def make_encoder(cfg: ModelConfig) -> nn.Module:
@@ -52,13 +55,34 @@ class VAE(nn.Module):
         return {"mu": mu, "logvar": logvar, "z": z, "params": params}
 
 
-def terms(model: VAE, params, batch: dict[str, jax.Array], key: jax.Array,
-          num_samples: int) -> dict[str, jax.Array]:
-    """Per-example ELBO terms of ``batch['image']`` under ``params``, and the log importance
-    weights log p(x, z_l) − log q(z_l|x) of the L samples."""
-    x = batch["image"]
-    out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
-    return gaussian_terms(model.cfg, x, out)
+class VAEFamily(Family):
+    name = "vae"
+
+    def build(self, cfg, image_shape):
+        return VAE(cfg.model, tuple(image_shape))
+
+    def terms(self, model, params, batch, key, num_samples, aux=None):
+        """Per-example ELBO terms of ``batch['image']`` under ``params``, and the log importance
+        weights log p(x, z_l) − log q(z_l|x) of the L samples."""
+        x = batch["image"]
+        out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
+        return gaussian_terms(model.cfg, x, out)
+
+    def proposal(self, model, params, batch):
+        return self.encode(model, params, batch)  # the encoder runs once per batch
+
+    def log_weights(self, model, params, batch, q, key, n):
+        mu, logvar = q
+        eps = jax.random.normal(key, (n, *mu.shape), mu.dtype)
+        z = mu + jnp.exp(0.5 * logvar) * eps
+        out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
+        x = batch["image"]
+        log_px_z = likelihoods.from_config(model.cfg).log_prob(out.reshape(n, *x.shape[:-1], -1), x)
+        # log p(z) − log q(z|x) = Σ_d −z²/2 + ε²/2 + log σ² / 2 (the 2π terms cancel)
+        return log_px_z + 0.5 * jnp.sum(eps * eps - z * z + logvar, axis=-1)
+
+
+register(VAEFamily())
 
 
 def gaussian_terms(cfg: ModelConfig, x: jax.Array, out: dict[str, jax.Array],

@@ -1,19 +1,19 @@
 """VQ-VAE (van den Oord et al. 2017): the encoder gives ``latent_dim`` vectors z_e of size
-``vq_code_dim`` per image, each replaced by its nearest code e_k of a learned codebook of
-``vq_num_codes`` vectors; the decoder sees z_q = z_e + sg(e − z_e), so the forward pass uses the
+``vqvae.code_dim`` per image, each replaced by its nearest code e_k of a learned codebook of
+``vqvae.num_codes`` vectors; the decoder sees z_q = z_e + sg(e − z_e), so the forward pass uses the
 codes and the backward pass copies the decoder's gradient straight through to z_e.
 
 Loss per image (sums over the image's code vectors and their entries, like recon over pixels):
 
-    −log p(x | z_q)  +  ||sg(z_e) − e||²  +  β ||z_e − sg(e)||²        (β = ``vq_commitment``)
+    −log p(x | z_q)  +  ||sg(z_e) − e||²  +  β ||z_e − sg(e)||²        (β = ``vqvae.commitment``)
 
-returned as ``recon`` plus ``aux_loss`` (codebook + commitment). With ``vq_ema`` the codebook
+returned as ``recon`` plus ``aux_loss`` (codebook + commitment). With ``vqvae.ema`` the codebook
 loss is dropped: the codebook receives no gradient and :func:`post_update` sets it after every
 step to N_k-weighted moving averages of the encoder outputs assigned to it,
 
     N_k ← γ N_k + (1 − γ) n_k,   m_k ← γ m_k + (1 − γ) Σ_{i: k(i) = k} z_e,i,   e_k = m_k / Ñ_k,
 
-with Ñ the Laplace-smoothed cluster sizes (N_k + ε) n / (n + K ε), n = Σ N_k (γ = ``vq_decay``).
+with Ñ the Laplace-smoothed cluster sizes (N_k + ε) n / (n + K ε), n = Σ N_k (γ = ``vqvae.decay``).
 The statistics start at N_k = 1, m_k = e_k (every code as if it had been assigned itself once),
 so the first updates move the codebook smoothly instead of jumping to one batch's means. The
 codebook always lives in ``params['codebook']``, so evaluation and figures need params only.
@@ -32,17 +32,38 @@ samples and interpolations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import likelihoods, networks
-from vae_jax.config import Config, ModelConfig
-from vae_jax.models import ae, vae
+from vae_jax import config, likelihoods, networks
+from vae_jax.config import ModelConfig
+from vae_jax.models import vae
+from vae_jax.models.base import Family, register
 
 LAPLACE_EPS = 1e-5  # ε of the Laplace smoothing of the EMA cluster sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAEConfig:
+    """Codebook of ``num_codes`` vectors of size ``code_dim``; model.latent_dim codes per image."""
+
+    num_codes: int = 128
+    code_dim: int = 16
+    commitment: float = 0.25  # β of the commitment loss (van den Oord et al. 2017)
+    ema: bool = False  # codebook by exponential moving averages instead of its loss
+    decay: float = 0.99
+
+    def validate(self) -> None:
+        config._min_int("model.vqvae.num_codes", self.num_codes, 2)
+        config._min_int("model.vqvae.code_dim", self.code_dim, 1)
+        if not (self.commitment >= 0 and math.isfinite(self.commitment)):
+            config._fail("model.vqvae.commitment", self.commitment, "must be a finite number >= 0")
+        if not 0 < self.decay < 1:
+            config._fail("model.vqvae.decay", self.decay, "must be in (0, 1)")
 
 
 def nearest_codes(z_e: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -79,27 +100,26 @@ class VQVAE(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.encoder = vae.make_encoder(cfg)
-        self.pre_quant = networks.Dense(cfg.latent_dim * cfg.vq_code_dim, cfg.init)
+        self.pre_quant = networks.Dense(cfg.latent_dim * cfg.vqvae.code_dim, cfg.init)
         # codes well inside the cloud of initial encoder outputs, so that nearest-neighbour
-        # assignment follows their direction and many codes get used: on the embedded digits
-        # (20 epochs, K = 128) N(0, 0.1²) ended with ~7-9 dead codes per batch against 80-127
-        # for U(±1/K) and N(0, 1) (see the issue note)
+        # assignment follows their direction and many codes get used (fewer dead codes than
+        # U(±1/K) or N(0, 1) initialisation)
         self.codebook = self.param("codebook", nn.initializers.normal(0.1),
-                                   (cfg.vq_num_codes, cfg.vq_code_dim))
+                                   (cfg.vqvae.num_codes, cfg.vqvae.code_dim))
         self.decoder = vae.make_decoder(
             cfg, self.image_shape, likelihoods.from_config(cfg).params_per_channel * self.image_shape[-1])
 
     def encode_continuous(self, x: jax.Array) -> jax.Array:
-        """z_e, [B, latent_dim, vq_code_dim]."""
+        """z_e, [B, latent_dim, vqvae.code_dim]."""
         h = self.pre_quant(self.encoder(x))
-        return h.reshape(x.shape[0], self.cfg.latent_dim, self.cfg.vq_code_dim)
+        return h.reshape(x.shape[0], self.cfg.latent_dim, self.cfg.vqvae.code_dim)
 
     def encode_indices(self, x: jax.Array) -> jax.Array:
         """Code indices [B, latent_dim]."""
         return nearest_codes(self.encode_continuous(x), self.codebook)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(z_q flattened [B, latent_dim·vq_code_dim], zeros): quantized codes in the (μ, log σ²)
+        """(z_q flattened [B, latent_dim·vqvae.code_dim], zeros): quantized codes in the (μ, log σ²)
         form generic figure code reads; decode(z_q) is the model's reconstruction."""
         z = self.codebook[self.encode_indices(x)].reshape(x.shape[0], -1)
         return z, jnp.zeros_like(z)
@@ -113,20 +133,15 @@ class VQVAE(nn.Module):
 
     def sample_prior(self, key: jax.Array, n: int) -> jax.Array:
         """n draws from the uniform prior over codes, as flattened code vectors (decode them)."""
-        idx = jax.random.randint(key, (n, self.cfg.latent_dim), 0, self.cfg.vq_num_codes)
+        idx = jax.random.randint(key, (n, self.cfg.latent_dim), 0, self.cfg.vqvae.num_codes)
         return self.codebook[idx].reshape(n, -1)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
         z_e = self.encode_continuous(x)
         # under EMA the codebook is set by post_update and must receive no gradient
-        cb = jax.lax.stop_gradient(self.codebook) if self.cfg.vq_ema else self.codebook
+        cb = jax.lax.stop_gradient(self.codebook) if self.cfg.vqvae.ema else self.codebook
         z_q, e, idx = quantize(z_e, cb)
         return {"z_e": z_e, "e": e, "idx": idx, "params": self.decoder(z_q.reshape(x.shape[0], -1))}
-
-
-def build(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:
-    ae.check_no_kl(cfg)
-    return VQVAE(cfg.model, tuple(image_shape))
 
 
 def sample_images(model: VQVAE, params, key: jax.Array, n: int) -> jax.Array:
@@ -137,7 +152,7 @@ def sample_images(model: VQVAE, params, key: jax.Array, n: int) -> jax.Array:
 
 
 def terms(model: VQVAE, params, batch: dict[str, jax.Array], key: jax.Array,
-          num_samples: int) -> dict[str, jax.Array]:
+          num_samples: int, aux=None) -> dict[str, jax.Array]:
     """Per-example VQ-VAE terms; the encoder is deterministic, so ``key`` and ``num_samples``
     are unused. ``_z_e`` and ``_idx`` feed the EMA codebook update in :func:`post_update`."""
     cfg = model.cfg
@@ -147,22 +162,22 @@ def terms(model: VQVAE, params, batch: dict[str, jax.Array], key: jax.Array,
     z_e, e = out["z_e"], out["e"]
     per_image = lambda a: jnp.sum(jnp.square(a), axis=(-2, -1))  # noqa: E731
     commitment = per_image(z_e - jax.lax.stop_gradient(e))
-    aux = cfg.vq_commitment * commitment
-    if not cfg.vq_ema:
-        aux = aux + per_image(jax.lax.stop_gradient(z_e) - e)
+    extra = cfg.vqvae.commitment * commitment
+    if not cfg.vqvae.ema:
+        extra = extra + per_image(jax.lax.stop_gradient(z_e) - e)
     b = x.shape[0]
-    log_k = math.log(cfg.vq_num_codes)
+    log_k = math.log(cfg.vqvae.num_codes)
     kl = jnp.full((b,), cfg.latent_dim * log_k, recon.dtype)
-    stats = {k: jnp.broadcast_to(v, (b,)) for k, v in usage_stats(out["idx"], cfg.vq_num_codes).items()}
+    stats = {k: jnp.broadcast_to(v, (b,)) for k, v in usage_stats(out["idx"], cfg.vqvae.num_codes).items()}
     return {"recon": recon, "kl": kl, "elbo": -recon - kl,
             "kl_per_dim": jnp.full((b, cfg.latent_dim), log_k, recon.dtype),
-            "aux_loss": aux, "vq_sq_distance": jax.lax.stop_gradient(commitment), **stats,
+            "aux_loss": extra, "vq_sq_distance": jax.lax.stop_gradient(commitment), **stats,
             "_z_e": jax.lax.stop_gradient(z_e), "_idx": out["idx"]}
 
 
 def init_state(model: VQVAE, params) -> dict:
-    """EMA statistics (cluster sizes N [K], sums m [K, D]); empty without ``vq_ema``."""
-    if not model.cfg.vq_ema:
+    """EMA statistics (cluster sizes N [K], sums m [K, D]); empty without ``vqvae.ema``."""
+    if not model.cfg.vqvae.ema:
         return {}
     cb = params["codebook"]
     return {"cluster_size": jnp.ones(cb.shape[:1], cb.dtype), "embed_sum": jnp.asarray(cb)}
@@ -184,8 +199,34 @@ def ema_update(codebook_state: dict, z_e: jax.Array, idx: jax.Array, decay: floa
 
 
 def post_update(model: VQVAE, params, state: dict, t: dict) -> tuple:
-    """After the optimizer step: under ``vq_ema`` overwrite the codebook with its EMA estimate."""
-    if not model.cfg.vq_ema:
+    """After the optimizer step: under ``vqvae.ema`` overwrite the codebook with its EMA estimate."""
+    if not model.cfg.vqvae.ema:
         return params, state
-    codebook, state = ema_update(state, t["_z_e"], t["_idx"], model.cfg.vq_decay)
+    codebook, state = ema_update(state, t["_z_e"], t["_idx"], model.cfg.vqvae.decay)
     return type(params)({**params, "codebook": codebook}), state
+
+
+class VQVAEFamily(Family):
+    name = "vqvae"
+    section = VQVAEConfig
+    has_kl = False
+    terms = staticmethod(terms)
+
+    def build(self, cfg, image_shape):
+        return VQVAE(cfg.model, tuple(image_shape))
+
+    def init_state(self, model, params):
+        return init_state(model, params)
+
+    def post_update(self, model, params, state, terms):
+        return post_update(model, params, state, terms)
+
+    def sample_prior(self, model, params, key, n, y=None):
+        return model.apply({"params": params}, key, n, method=model.sample_prior)
+
+    def describe_latents(self, cfg):
+        m = cfg.model
+        return f"{m.latent_dim} codes from {m.vqvae.num_codes} x {m.vqvae.code_dim}"
+
+
+register(VQVAEFamily())
