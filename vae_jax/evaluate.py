@@ -215,8 +215,8 @@ def run_config(cfg, workdir: str, allow_changes: bool = False):
         raise ConfigError(f"{path}: cannot read the run's config ({e}); pass "
                           f"--allow_config_change to evaluate under the given one") from None
     given, own = _flat(json.loads(json.dumps(cfg.to_dict()))), _flat(json.loads(json.dumps(stored.to_dict())))
-    changed = [k for k in sorted(set(given) | set(own)) if given.get(k) != own.get(k)
-               and not k.startswith(_EVAL_FREE)]
+    # a field the stored config lacks was added to the package after the run: its default holds
+    changed = [k for k in sorted(own) if given.get(k) != own[k] and not k.startswith(_EVAL_FREE)]
     if changed:
         k = changed[0]
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
