@@ -48,3 +48,26 @@ def test_strips_with_row_labels_and_scatter(tmp_path):
     sc = _png(plots.latent_scatter(rng.normal(size=(50, 2)), rng.integers(0, 10, 50),
                                    str(tmp_path / "scatter.png"), "z"))
     assert sc.ndim == 3
+
+
+def test_compare_curves_reads_every_run_and_layer(tmp_path):
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("compare_curves", root / "scripts" / "compare_curves.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    for name, layers in (("flat", {"kl": 5.0}), ("deep", {"kl_layer1": 4.0, "kl_layer2": 1.0, "kl": 5.0})):
+        (tmp_path / name).mkdir()
+        rows = [dict(step=10 * e, split="train", epoch=e, elbo=-100.0 + e, **layers) for e in (1, 2)]
+        rows.append(dict(step=20, split="test", elbo=-99.5))
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    panels = cc.curves([str(tmp_path / "flat"), str(tmp_path / "deep")])
+    assert panels["test ELBO (nats)"]["deep"] == ([2.0], [-99.5])
+    assert panels["train ELBO (nats)"]["flat"] == ([1, 2], [-99.0, -98.0])
+    assert set(panels["train KL per layer (nats)"]) == {"flat", "deep layer1", "deep layer2"}
+    out = tmp_path / "c.png"
+    assert cc.main([str(tmp_path / "flat"), "--out", str(out)]) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert cc.main([str(tmp_path / "missing")]) == 2
