@@ -197,6 +197,39 @@ def test_describe_and_bad_config():
         tiny(model=dict(TD, network="conv"))
 
 
+def test_ablation_switches_cut_exactly_the_paths_they_name():
+    """posterior='direct': q(z_1 | ·) no longer depends on the prior's head (the residual path's
+    gradient is 0, while the default's is not); decoder_input='z1': the decoder's output no longer
+    depends on z_2 given z_1 (it does by default). Parameters perturbed so that no head is zero."""
+    key = jax.random.key(5)
+
+    def q_mean_grad(posterior):
+        _, ds, exp, st = _setup(tdvae=dict(TD["tdvae"], posterior=posterior))
+        params = _perturb(st.params, key)
+        x = _batch(ds, 20)["image"]
+
+        def mean_q1(prior_head):
+            p = dict(params, prior_0=prior_head)
+            out = exp.model.apply({"params": p}, x, 1, rngs={"noise": key})
+            return jnp.sum(out["levels"][0]["q"][0])
+        g = jax.grad(mean_q1)(params["prior_0"])
+        return float(sum(jnp.sum(jnp.abs(v)) for v in jax.tree.leaves(g)))
+
+    assert q_mean_grad("residual") > 0.1 and q_mean_grad("direct") == 0.0
+
+    def decoder_moves_with_z2(decoder_input):
+        _, ds, exp, st = _setup(tdvae=dict(TD["tdvae"], decoder_input=decoder_input))
+        params = _perturb(st.params, key)
+        z = jax.random.normal(key, (6, 8))
+        z_other = z.at[:, 4:].set(jax.random.normal(jax.random.key(9), (6, 4)))  # new z_2
+        dec = lambda c: exp.model.apply({"params": params}, c, method=exp.model.decode)  # noqa: E731
+        return float(jnp.max(jnp.abs(dec(z) - dec(z_other))))
+
+    assert decoder_moves_with_z2("state") > 1e-3 and decoder_moves_with_z2("z1") == 0.0
+    with pytest.raises(config_lib.ConfigError, match="model.tdvae.posterior='ladder'"):
+        tiny(model=dict(TD, tdvae=dict(posterior="ladder")))
+
+
 def test_layer_norm_trains_as_a_population():
     """norm='layer' and a 2-member population (vmap) over β: one epoch, finite, members differ."""
     cfg = tiny(model=dict(TD, tdvae=dict(norm="layer")),

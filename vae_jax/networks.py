@@ -61,19 +61,31 @@ class Dense(nn.Module):
         return dense(self.features, x.shape[-1], self.init)(x)
 
 
+NORMS: tuple[str, ...] = ("none", "layer")
+
+
 class MLP(nn.Module):
-    """Hidden Dense layers with an activation after each; flattens its input."""
+    """Hidden Dense layers, each followed by an optional LayerNorm (``norm='layer'``; Ba et al.
+    2016) and the activation. ``flatten``: the input [B, ...] becomes [B, features] first;
+    otherwise the layers act on the last axis of any leading shape. With ``norm='none'`` no
+    normalization module exists, so the parameter tree is the plain MLP's."""
 
     hidden: Sequence[int]
     activation: str = "relu"
     init: str = "lecun"
+    norm: str = "none"
+    flatten: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
+        if self.flatten:
+            x = x.reshape(x.shape[0], -1)
         act = ACTIVATIONS[self.activation]
         for width in self.hidden:
-            x = act(Dense(width, self.init)(x))
+            x = Dense(width, self.init)(x)
+            if self.norm == "layer":
+                x = nn.LayerNorm()(x)
+            x = act(x)
         return x
 
 
@@ -85,10 +97,11 @@ class MLPDecoder(nn.Module):
     out_channels: int
     activation: str = "relu"
     init: str = "lecun"
+    norm: str = "none"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = MLP(self.hidden, self.activation, self.init)(z)
+        h = MLP(self.hidden, self.activation, self.init, self.norm)(z)
         size = self.image_hw[0] * self.image_hw[1] * self.out_channels
         out = Dense(size, self.init)(h)
         return out.reshape(z.shape[0], *self.image_hw, self.out_channels)

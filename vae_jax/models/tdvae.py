@@ -23,6 +23,11 @@ path. Sampling noise: layer 1 draws from the step's key itself (as the plain VAE
 from ``fold_in(key, i − 1)``. With one stochastic layer and ``min_logvar=-inf`` this is the plain
 VAE (its terms equal the ``vae`` family's under mapped parameters; ``tests/test_tdvae.py``).
 
+Two switches take parts of the design out, for ablations: ``posterior='direct'`` makes q an
+ordinary Dense of [h, f_i] (default initialisation, no residual on the prior), and
+``decoder_input='z1'`` has the decoder read z_1 alone, so the upper layers reach x only through
+p(z_1 | h) (the generative path of Sønderby et al.'s Ladder VAE).
+
 Codes: ``decode`` takes the concatenation [z_1, …, z_L] (bottom first, sizes ``latents``) and runs
 the top-down merges on it; ``sample_prior`` returns that concatenation drawn ancestrally;
 ``encode`` returns (μ, log σ²) of q along the posterior-mean path (each layer's μ_q given the
@@ -53,7 +58,8 @@ from vae_jax import config, likelihoods, networks, objectives
 from vae_jax.config import ModelConfig
 from vae_jax.models.base import Family, register
 
-NORMS = ("none", "layer")
+POSTERIORS = ("residual", "direct")
+DECODER_INPUTS = ("state", "z1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,8 @@ class TDVAEConfig:
     top_down_hidden: tuple[int, ...] = (200, 200)  # the merge MLP; its last width is the state's
     min_logvar: float = -10.0  # soft floor on log-variances; -inf = none
     norm: str = "none"  # 'none' or 'layer' (see the module docstring for 'batch')
+    posterior: str = "residual"  # 'residual' (μ_p + Δμ, zero-initialised Δ) or 'direct'
+    decoder_input: str = "state"  # 'state': the decoder reads [h, z_1]; 'z1': z_1 alone
 
     def validate(self) -> None:
         config._positive_ints("model.tdvae.latents", self.latents)
@@ -74,49 +82,14 @@ class TDVAEConfig:
             config._fail("model.tdvae.norm", self.norm, "batch normalization is not offered (its "
                          "statistics couple the examples of a batch, see vae_jax/models/tdvae.py); "
                          "use 'none' or 'layer'")
-        config._choice("model.tdvae.norm", self.norm, NORMS)
+        config._choice("model.tdvae.norm", self.norm, networks.NORMS)
+        config._choice("model.tdvae.posterior", self.posterior, POSTERIORS)
+        config._choice("model.tdvae.decoder_input", self.decoder_input, DECODER_INPUTS)
 
 
 def soft_floor(lv: jax.Array, lo: float) -> jax.Array:
     """lo + softplus(lv − lo): ≈ lv well above lo, never below it; lo = −inf: lv unchanged."""
     return lv if lo == -math.inf else lo + jax.nn.softplus(lv - lo)
-
-
-class MLP(nn.Module):
-    """Dense layers on the last axis (any leading shape), each followed by an optional LayerNorm
-    and the activation; the same parameter tree as ``networks.MLP`` when ``norm='none'``."""
-
-    hidden: Sequence[int]
-    activation: str = "relu"
-    init: str = "lecun"
-    norm: str = "none"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        act = networks.ACTIVATIONS[self.activation]
-        for width in self.hidden:
-            x = networks.Dense(width, self.init)(x)
-            if self.norm == "layer":
-                x = nn.LayerNorm()(x)
-            x = act(x)
-        return x
-
-
-class Decoder(nn.Module):
-    """[N, D] -> MLP -> Dense -> [N, H, W, out_channels] (``networks.MLPDecoder`` with a norm)."""
-
-    hidden: Sequence[int]
-    image_hw: tuple[int, int]
-    out_channels: int
-    activation: str = "relu"
-    init: str = "lecun"
-    norm: str = "none"
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        h = MLP(self.hidden, self.activation, self.init, self.norm)(z)
-        out = networks.Dense(self.image_hw[0] * self.image_hw[1] * self.out_channels, self.init)(h)
-        return out.reshape(z.shape[0], *self.image_hw, self.out_channels)
 
 
 def _split(o: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -132,19 +105,23 @@ class TDVAE(nn.Module):
         cfg, t = self.cfg, self.cfg.tdvae
         sizes = t.latents
         self.width = t.top_down_hidden[-1]
-        mlp = lambda hidden: MLP(tuple(hidden), cfg.activation, cfg.init, t.norm)  # noqa: E731
-        self.encoder = mlp(cfg.hidden)
+        mlp = lambda hidden, flatten=False: networks.MLP(  # noqa: E731
+            tuple(hidden), cfg.activation, cfg.init, t.norm, flatten)
+        self.encoder = mlp(cfg.hidden, flatten=True)
         self.up = [mlp(t.up_hidden) for _ in sizes[1:]]
         self.h0 = self.param("h0", nn.initializers.zeros, (self.width,))
-        zeros = nn.initializers.zeros
-        self.posterior = [nn.Dense(2 * d, kernel_init=zeros, bias_init=zeros) for d in sizes]
+        if t.posterior == "residual":
+            zeros = nn.initializers.zeros
+            self.posterior = [nn.Dense(2 * d, kernel_init=zeros, bias_init=zeros) for d in sizes]
+        else:
+            self.posterior = [networks.Dense(2 * d, cfg.init) for d in sizes]
         self.prior = [networks.Dense(2 * d, cfg.init) for d in sizes[:-1]]
         # merge[i - 1] folds z_{i+1} (0-based level i >= 1) into the state
         self.merge = [mlp(t.top_down_hidden) for _ in sizes[1:]]
         self.merge_out = [networks.Dense(self.width, cfg.init) for _ in sizes[1:]]
         out = likelihoods.from_config(cfg).params_per_channel * self.image_shape[-1]
-        self.decoder = Decoder(tuple(reversed(cfg.hidden)), tuple(self.image_shape[:2]), out,
-                               cfg.activation, cfg.init, t.norm)
+        self.decoder = networks.MLPDecoder(tuple(reversed(cfg.hidden)), tuple(self.image_shape[:2]),
+                                           out, cfg.activation, cfg.init, t.norm)
 
     # --- pieces of the top-down path (0-based level i; any leading shape) -----------------------
 
@@ -171,6 +148,8 @@ class TDVAE(nn.Module):
     def _posterior(self, i, h, f, mu_p, lv_p_raw) -> tuple[jax.Array, jax.Array]:
         f = jnp.broadcast_to(f, (*h.shape[:-1], f.shape[-1]))
         d_mu, d_lv = _split(self.posterior[i](jnp.concatenate([h, f], -1)))
+        if self.cfg.tdvae.posterior == "direct":
+            return d_mu, soft_floor(d_lv, self.cfg.tdvae.min_logvar)
         return mu_p + d_mu, soft_floor(lv_p_raw + d_lv, self.cfg.tdvae.min_logvar)
 
     def _merge(self, i: int, h: jax.Array, z: jax.Array) -> jax.Array:
@@ -178,7 +157,7 @@ class TDVAE(nn.Module):
 
     def _decode_state(self, h: jax.Array, z1: jax.Array) -> jax.Array:
         lead = z1.shape[:-1]
-        hz = jnp.concatenate([h, z1], -1)
+        hz = z1 if self.cfg.tdvae.decoder_input == "z1" else jnp.concatenate([h, z1], -1)
         out = self.decoder(hz.reshape(-1, hz.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
 
@@ -303,8 +282,9 @@ class TDVAEFamily(Family):
     def describe_latents(self, cfg):
         t = cfg.model.tdvae
         j = lambda v: "-".join(map(str, v)) or "none"  # noqa: E731
+        dec = "decoder reads [state, z1]" if t.decoder_input == "state" else "decoder reads z1"
         return (f"latents {j(t.latents)} top-down (up {j(t.up_hidden)}, top-down "
-                f"{j(t.top_down_hidden)}, residual posterior, norm {t.norm}, "
+                f"{j(t.top_down_hidden)}, {t.posterior} posterior, {dec}, norm {t.norm}, "
                 f"min log-variance {t.min_logvar:g})")
 
 
