@@ -391,3 +391,32 @@ def test_paper_config_carries_burdas_recipe_and_trains_one_tiny_epoch(name):
     assert np.isfinite(np.asarray(metrics["loss"])).all()
     np.testing.assert_allclose(np.asarray(metrics["learning_rate"]), 1e-3, rtol=1e-6)
     assert float(jnp.mean(metrics["loss"][-10:])) < float(jnp.mean(metrics["loss"][:10]))
+
+
+def test_matmul_floor_reads_every_matmul_of_the_training_step():
+    """``scripts/matmul_floor.py --config`` counts the step's matmuls from its jaxpr: for Burda's
+    one-layer VAE (784-200-200-(2·50), mirrored decoder) that is 6 forward products, 6 weight
+    gradients and 5 input gradients (none for the image), whose FLOPs are written out by hand."""
+    import dataclasses
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("matmul_floor", root / "scripts" / "matmul_floor.py")
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    cfg = config_lib.from_config_dict(load_config_dict("paper/burda_vae_1layer"))
+    b = 20
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=b))
+    exp = experiment.Experiment.build(cfg, (28, 28, 1))
+    batch = {"image": jax.ShapeDtypeStruct((b, 28, 28, 1), jnp.float32),
+             "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    jaxpr = jax.make_jaxpr(lambda s, x, h: exp.train_step(s, x, h, 1))(
+        jax.eval_shape(exp.init_state), batch, experiment.hyperparams(cfg)).jaxpr
+    dots = mf.step_dots(jaxpr)
+    layers = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
+    forward = sum(i * o for i, o in layers)
+    assert len(dots) == 6 + 6 + 5
+    assert sum(mf.dot_flops(*d) for d in dots) == 2 * b * (3 * forward - 784 * 200)
+    # the floor's epoch runs and returns a finite number
+    assert np.isfinite(float(mf.dots_only_epoch(dots, 2)(jnp.float32(0))))
