@@ -1,6 +1,6 @@
 """CelebA 64×64 conv β-VAE (Higgins et al. 2017): the 178×218 aligned faces center-cropped to
 148×148 and resized to 64×64 (antialiased bilinear), scaled to [-1, 1], a 3-layer conv encoder
-(64, 128, 256 channels, strides 2) and mirrored decoder, latent 32, Gaussian decoder with σ = 0.1,
+(64, 128, 256 channels, strides 2) and mirrored decoder as ``cifar10_conv.py``, latent 32, Gaussian decoder with σ = 0.1,
 β = 4, Adam 5e-4, batch 128, 30 epochs. The 162,770 training images take 2.0 GB as uint8; with
 ``data.input='auto'`` they stay on a device that holds four times that, and stream from the host
 otherwise (the same data order either way).
@@ -13,26 +13,24 @@ TFDS downloads CelebA from Google Drive; offline, put its files in a folder and 
 without the data, the tests run this recipe shrunk on the embedded digits.
 """
 
-from vae_jax.config import base_config
+import pathlib
+
+from vae_jax.sweep import load_config_file
+
+BASE = pathlib.Path(__file__).with_name("cifar10_conv.py")  # the conv network, [-1, 1], uint8
 
 
 def get_config():
-    c = base_config()
+    c = load_config_file(BASE)
     c.data.name = "celeb_a"
     c.data.test_split = "test"
     c.data.crop = 148
     c.data.image_size = 64
-    c.data.scale = "symmetric"
-    c.data.storage = "uint8"
-    c.model.network = "conv"
-    c.model.conv_channels = (64, 128, 256)
-    c.model.conv_strides = (2, 2, 2)
     c.model.latent_dim = 32
     c.model.likelihood = "gaussian"
     c.model.sigma = 0.1
     c.objective.beta = 4.0
     c.optim.learning_rate = 5e-4
-    c.train.batch_size = 128
     c.train.num_epochs = 30
     c.train.eval_every_epochs = 5
     c.train.checkpoint_every_epochs = 5
