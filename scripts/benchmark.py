@@ -241,14 +241,19 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         **{k: round(v, 1) for k, v in peak_memory_mb().items()},
     }
-    print(json.dumps(out, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=2)
+    _emit(out, a.json)
     return 0
 
 
 INPUTS = ("device_f32", "device_u8", "stream")
+
+
+def _emit(out: dict, path: str) -> None:
+    """Prints the summary as JSON and writes it to ``path`` too when one is given."""
+    print(json.dumps(out, indent=2))
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)
 
 
 def _device_runner(exp, cfg, ds, mesh, state, hp):
@@ -339,18 +344,18 @@ def compare_inputs(a, cfg, ds, mesh) -> int:
         rows[n]["speed_vs_" + ref] = round(rows[n]["images_per_s"] / rows[ref]["images_per_s"], 3)
         rows[n]["memory_vs_" + ref] = round(nbytes[n] / nbytes[ref], 4)
     same = len({tuple(losses[n]) for n in names}) == 1
+    host = {n: jax.tree.leaves(jax.device_get(states[n])) for n in names}
+    same_state = all(all(np.array_equal(x, y) for x, y in zip(host[n], host[ref])) for n in names)
     out = {"config": a.config, "dataset": u8.name, "batch_size": cfg.train.batch_size,
            "steps_per_epoch": steps, "epochs_timed": a.epochs, "stream_chunk": cfg.data.stream_chunk,
-           "same_losses_on_every_path": same, "inputs": rows, "hardware": estimators.hardware(),
+           "same_losses_on_every_path": same, "same_final_state_on_every_path": same_state,
+           "inputs": rows, "hardware": estimators.hardware(),
            "jax": jax.__version__}
     print(f"{'input':>10} {'s/epoch':>8} {'img/s':>10} {'speed':>6} {'image MiB':>9} {'memory':>7}")
     for n, r in rows.items():
         print(f"{n:>10} {r['s_per_epoch_median']:>8.3f} {r['images_per_s']:>10,.0f} "
               f"{r['speed_vs_' + ref]:>6.2f} {r['images_device_mb']:>9.2f} {r['memory_vs_' + ref]:>7.3f}")
-    print(json.dumps(out, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=2)
+    _emit(out, a.json)
     return 0
 
 

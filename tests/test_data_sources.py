@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config_dict, tiny
-from vae_jax import config as config_lib
+from conftest import tiny
 from vae_jax import data, experiment, main, train
 from vae_jax.data import tfds_source
 
@@ -235,16 +234,3 @@ def test_own_files_train_end_to_end(tmp_path):
         out = train.train_and_evaluate(cfg, str(tmp_path / name))
         assert np.isfinite(out["elbo"]) and out["step"] == 2  # 108 training images / 50
 
-
-def test_cifar10_recipe_trains_on_mock_data_and_reports_bits_per_dim(mock, tmp_path):
-    c = load_config_dict("cifar10_conv")
-    c.model.conv_channels = (8, 16, 16)
-    c.model.latent_dim = 8
-    c.train.update(batch_size=16, num_epochs=1, progress=False, figures=False)
-    c.eval.batch_size = 16
-    cfg = config_lib.from_config_dict(c)
-    with mock(32):
-        out = train.train_and_evaluate(cfg, str(tmp_path))
-    assert out["step"] == 2 and out["metadata"]["dataset"] == "cifar10"
-    assert out["bits_per_dim"] == pytest.approx(-out["elbo"] / (32 * 32 * 3 * np.log(2.0)))
-    assert np.isfinite(out["bits_per_dim"]) and out["bits_per_dim"] > 0  # a probability mass: > 0 bits

@@ -253,7 +253,11 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
         source = stream.HostStream(ds, mesh, cfg.train.batch_size, exp.data_key(), start_step,
                                    cfg.train.num_epochs * steps_per_epoch, cfg.data.stream_chunk,
                                    cfg.data.stream_prefetch)
-        epoch_fn = _streamed_epochs(cfg, exp, mesh, state_sh, source, ckpt, state, hp, steps_per_epoch)
+        try:
+            epoch_fn = _streamed_epochs(cfg, exp, mesh, state_sh, source, ckpt, state, hp, steps_per_epoch)
+        except BaseException:
+            source.close()
+            raise
     compile_s = time.perf_counter() - t0
 
     n_members = len(members)
