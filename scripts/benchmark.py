@@ -20,6 +20,15 @@ GPU/TPU host the first N real devices)::
 
 The population speed-up against sequential runs is measured by
 ``scripts/benchmark_population.py`` (e.g. ``--synthetic --epochs 3``).
+
+The input paths side by side on one model (``--inputs``): the training set on the device as
+float32, on the device as uint8 (converted inside the step), and streamed from the host
+(``vae_jax.data.stream``, uint8 batches). Their epochs alternate, so a machine whose speed drifts
+affects each alike; each streamed epoch starts a fresh stream (its start-up is counted, and nothing
+is prefetched while the other paths run)::
+
+    python scripts/benchmark.py --config configs/mnist_pytorch_example.py \
+        --manual_dir ../shared/datasets --inputs device_f32,device_u8,stream --epochs 4
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from ml_collections import config_flags  # noqa: F401  (keeps absl flag parsing 
 
 from vae_jax import config as config_lib
 from vae_jax import data, estimators, experiment, sharding, train
+from vae_jax.data import stream
 
 
 def load_config(path: str) -> config_lib.Config:
@@ -141,6 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="", help="also write the summary here")
     p.add_argument("--devices", default="", help="scaling mode: device counts, e.g. 1,2,4,8")
     p.add_argument("--mesh_data", type=int, default=0, help="devices on the data axis (0: all)")
+    p.add_argument("--inputs", default="", help="compare input paths: any of device_f32,device_u8,stream")
     p.add_argument("--peak_size", type=int, default=0,
                    help="matrix size of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 otherwise)")
     a = p.parse_args(argv)
@@ -175,6 +186,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if a.inputs:
+        return compare_inputs(a, cfg, ds, mesh)
     exp = experiment.Experiment.build(cfg, ds.image_shape, mesh)
     steps = len(ds.train_images) // cfg.train.batch_size
     images, labels = train.device_data(ds, mesh)
@@ -228,10 +241,121 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         **{k: round(v, 1) for k, v in peak_memory_mb().items()},
     }
+    _emit(out, a.json)
+    return 0
+
+
+INPUTS = ("device_f32", "device_u8", "stream")
+
+
+def _emit(out: dict, path: str) -> None:
+    """Prints the summary as JSON and writes it to ``path`` too when one is given."""
     print(json.dumps(out, indent=2))
-    if a.json:
-        with open(a.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=2)
+
+
+def _device_runner(exp, cfg, ds, mesh, state, hp):
+    images, labels = train.device_data(ds, mesh)
+    rep = sharding.replicated(mesh)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    ins, outs = train.epoch_shardings(mesh, state_sh, rep, labels)
+    fn = jax.jit(exp.train_epoch, in_shardings=ins, out_shardings=outs, donate_argnums=0).lower(
+        state, hp, images, labels, jnp.int32(0), exp.data_key()).compile()
+    key = jax.device_put(exp.data_key(), rep)
+
+    def run(st, e):
+        st, m = fn(st, hp, images, labels, jnp.int32(e), key)
+        return st, float(np.mean(jax.device_get(m["loss"])))
+    return run, images.nbytes
+
+
+def _stream_runner(exp, cfg, ds, mesh, state, hp):
+    spe = len(ds.train_images) // cfg.train.batch_size
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    rep = sharding.replicated(mesh)
+    fn = jax.jit(lambda st, h, b: exp.train_steps(st, h, b, spe), donate_argnums=0,
+                 in_shardings=(state_sh, rep, stream.chunk_sharding(mesh)), out_shardings=(state_sh, rep))
+
+    def run(st, e):
+        src = stream.HostStream(ds, mesh, cfg.train.batch_size, exp.data_key(), e * spe, (e + 1) * spe,
+                                cfg.data.stream_chunk, cfg.data.stream_prefetch)
+        losses = []
+        try:
+            for chunk in src:
+                st, m = fn(st, hp, chunk.batches)
+                losses.append(m["loss"])
+        finally:
+            src.close()
+        return st, float(np.mean(jax.device_get(jnp.concatenate(losses))))
+    per_image = int(np.prod(ds.image_shape)) * ds.train_images.itemsize
+    # chunks on the device at once: the queue, the one in use, and the one being put
+    return run, (cfg.data.stream_prefetch + 2) * cfg.data.stream_chunk * cfg.train.batch_size * per_image
+
+
+def compare_inputs(a, cfg, ds, mesh) -> int:
+    """images/s and the device bytes of the training images of each input path (labels, int32 on
+    every path, not counted), epochs alternating."""
+    names = [n.strip() for n in a.inputs.split(",") if n.strip()]
+    if not names or set(names) - set(INPUTS):
+        print(f"error: --inputs={a.inputs!r}: a comma-separated list of {', '.join(INPUTS)}", file=sys.stderr)
+        return 2
+    if ds.storage == "uint8":
+        u8 = ds
+    elif ds.name.endswith("(synthetic)"):
+        u8 = dataclasses.replace(ds, train_images=np.round(ds.train_images * 255).astype(np.uint8))
+    else:
+        u8 = experiment.load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, storage="uint8")))
+    if u8.storage != "uint8":
+        print(f"error: --inputs compares uint8 storage: {ds.name} is not 8-bit", file=sys.stderr)
+        return 2
+    f32 = dataclasses.replace(u8, train_images=data.unit_float32(u8.train_images))
+    exp = experiment.Experiment.build(cfg, ds.image_shape, mesh)
+    abstract = jax.eval_shape(exp.init_state)
+    state_sh = sharding.state_shardings(abstract, mesh, cfg.mesh)
+    hp = jax.device_put(experiment.hyperparams(cfg), sharding.replicated(mesh))
+    steps = len(u8.train_images) // cfg.train.batch_size
+    runners, states, times, nbytes, losses = {}, {}, {n: [] for n in names}, {}, {n: [] for n in names}
+    with sharding.matmul_precision(cfg.train.matmul_precision):
+        for n in names:
+            states[n] = jax.jit(exp.init_state, out_shardings=state_sh)()
+            make = _stream_runner if n == "stream" else _device_runner
+            runners[n], nbytes[n] = make(exp, cfg, f32 if n == "device_f32" else u8, mesh, states[n], hp)
+        for e in range(a.epochs + 1):  # epoch 0 warms up each path
+            for n in names:
+                t = time.perf_counter()
+                states[n], loss = runners[n](states[n], e)
+                dt = time.perf_counter() - t
+                losses[n].append(loss)
+                if e:
+                    times[n].append(dt)
+                print(f"epoch {e} {n:>10}: {dt:.3f} s  {steps * cfg.train.batch_size / dt:,.0f} img/s"
+                      f"  loss {loss:.4f}", flush=True)
+    ref = names[0]
+    rows = {}
+    for n in names:
+        s_epoch = statistics.median(times[n])
+        rows[n] = {"s_per_epoch_median": round(s_epoch, 4),
+                   "images_per_s": round(steps * cfg.train.batch_size / s_epoch, 1),
+                   "images_device_mb": round(nbytes[n] / 2**20, 2),
+                   "final_loss": losses[n][-1]}
+    for n in names:
+        rows[n]["speed_vs_" + ref] = round(rows[n]["images_per_s"] / rows[ref]["images_per_s"], 3)
+        rows[n]["memory_vs_" + ref] = round(nbytes[n] / nbytes[ref], 4)
+    same = len({tuple(losses[n]) for n in names}) == 1
+    host = {n: jax.tree.leaves(jax.device_get(states[n])) for n in names}
+    same_state = all(all(np.array_equal(x, y) for x, y in zip(host[n], host[ref])) for n in names)
+    out = {"config": a.config, "dataset": u8.name, "batch_size": cfg.train.batch_size,
+           "steps_per_epoch": steps, "epochs_timed": a.epochs, "stream_chunk": cfg.data.stream_chunk,
+           "same_losses_on_every_path": same, "same_final_state_on_every_path": same_state,
+           "inputs": rows, "hardware": estimators.hardware(),
+           "jax": jax.__version__}
+    print(f"{'input':>10} {'s/epoch':>8} {'img/s':>10} {'speed':>6} {'image MiB':>9} {'memory':>7}")
+    for n, r in rows.items():
+        print(f"{n:>10} {r['s_per_epoch_median']:>8.3f} {r['images_per_s']:>10,.0f} "
+              f"{r['speed_vs_' + ref]:>6.2f} {r['images_device_mb']:>9.2f} {r['memory_vs_' + ref]:>7.3f}")
+    _emit(out, a.json)
     return 0
 
 

@@ -28,6 +28,8 @@ def tiny(name: str = "quickstart", **sections) -> config_lib.Config:
     c = load_config_dict(name)
     c.data.name = "digits"
     c.data.manual_dir = ""
+    c.data.test_split = ""
+    c.data.image_size, c.data.crop, c.data.channels = 0, 0, "keep"  # digits is 8x8 grey as it is
     if c.data.scale != "symmetric" and c.model.likelihood == "bernoulli":
         c.data.scale = "unit"
     c.model.hidden = (32,)

@@ -46,7 +46,7 @@ BAD = [
     ("optim", "name", "rmsprop", "config.optim.name='rmsprop'"),
     ("train", "batch_size", 0, "config.train.batch_size=0"),
     ("train", "num_epochs", -3, "config.train.num_epochs=-3"),
-    ("data", "name", "cifar10", "config.data.name='cifar10': must be one of digits, mnist"),
+    ("data", "name", "CIFAR 10", "config.data.name='CIFAR 10': must be one of digits, mnist"),
     ("data", "binarization", "always", "config.data.binarization='always'"),
     ("data", "scale", "zero_one", "config.data.scale='zero_one'"),
 ]

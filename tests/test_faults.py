@@ -259,7 +259,7 @@ BAD = [  # (arguments after the program name, exit code, what the error line mus
     ("--config={QUICK} --config.objective.beta=-1", 2, "config.objective.beta=-1"),
     ("--config={QUICK} --config.optim.learning_rate=0", 2, "config.optim.learning_rate=0"),
     ("--config={QUICK} --config.model.activation=sigmoidx", 2, "config.model.activation='sigmoidx'"),
-    ("--config={QUICK} --config.data.name=cifar100", 2, "config.data.name='cifar100'"),
+    ("--config={QUICK} --config.data.name=CIFAR-100", 2, "config.data.name='CIFAR-100'"),
     ("--config={QUICK} --config.data.binarization=static", 2, "config.data.binarization='static'"),
     ("--config={QUICK} --config.model.hidden=(0,)", 2, "config.model.hidden=(0,)"),
     ("--config={QUICK} --config.eval.evaluators=('nope',)", 2, "unknown 'nope'"),

@@ -29,7 +29,11 @@ INITS = ("lecun", "torch")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace", "logistic")
 SCHEDULES = ("constant", "linear", "cyclical", "capacity")
 LABELLED = ("digits", "mnist", "fashion_mnist")  # datasets with class labels
-DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist")
+DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array")  # and any TFDS name
+_DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9*]+(\.[0-9*]+){0,2})?")
+CHANNELS = ("keep", "grayscale", "rgb")  # data.images.CHANNELS
+STORAGES = ("float32", "uint8")  # data.core.STORAGES
+INPUTS = ("auto", "device", "stream")
 BINARIZATIONS = ("none", "dynamic")
 SCALES = ("unit", "symmetric")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -81,18 +85,48 @@ def batchable(default: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    # 'digits', 'folder' / 'array' (own files at data.path), or any TFDS image dataset by name
+    # ('mnist', 'fashion_mnist', 'binarized_mnist', 'cifar10', 'svhn_cropped', 'celeb_a', ...)
     name: str = "digits"
     train_split: str = ""  # '' = the dataset's default ('train'); TFDS split syntax is accepted
     test_split: str = ""  # '' = the dataset's default ('test')
     data_dir: str = ""  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
     manual_dir: str = ""  # folder with the raw files (or a root holding <name>/ folders)
+    path: str = ""  # 'folder': a folder of PNG/JPEG images (class sub-folders optional); 'array': .npz/.npy
+    test_fraction: float = 0.1  # 'folder'/'array' without an explicit test split: share held out
+    image_size: int = 0  # resize to image_size x image_size (0 = keep)
+    crop: int = 0  # central crop x crop square before resizing (0 = none; a non-square image is cut to its central square when resized)
+    channels: str = "keep"  # 'keep', 'grayscale' or 'rgb'
+    storage: str = "float32"  # 'uint8' keeps 8-bit training images as uint8 (a quarter of the memory)
+    input: str = "auto"  # 'device': the training set on the devices; 'stream': fed from the host; 'auto': device when it fits
+    device_fraction: float = 0.25  # 'auto' keeps data on the device when it takes at most this share of its memory
+    stream_chunk: int = 32  # streamed path: steps per compiled call (a lax.scan over host-fed batches)
+    stream_prefetch: int = 2  # streamed path: chunks prepared ahead on the devices
+    stream_checkpoint_steps: int = 0  # streamed path: also checkpoint every this many steps (0 = epoch ends only)
     binarization: str = "none"  # 'dynamic' = a fresh Bernoulli draw each time an image is used
     eval_binarization_seed: int = 0  # fixes the test set's binarization under 'dynamic'
     shuffle_seed: int = -1  # seed of the data order; -1 = config.seed (a population shares one order)
     scale: str = "unit"  # 'unit' keeps [0, 1]; 'symmetric' maps to [-1, 1]
 
     def validate(self) -> None:
-        _choice("data.name", self.name, DATASETS)
+        if not _DATASET_NAME.fullmatch(self.name):
+            _fail("data.name", self.name, f"must be one of {', '.join(DATASETS)} or a TFDS "
+                  f"dataset name such as 'cifar10' or 'celeb_a:2.1.0'")
+        if self.name in ("folder", "array") and not self.path:
+            _fail("data.path", self.path, f"data.name={self.name!r} needs the path of the "
+                  f"{'image folder' if self.name == 'folder' else '.npz/.npy file'}")
+        if not 0.0 < self.test_fraction < 1.0:
+            _fail("data.test_fraction", self.test_fraction, "must be in (0, 1)")
+        _min_int("data.image_size", self.image_size, 0)
+        _min_int("data.crop", self.crop, 0)
+        _choice("data.channels", self.channels, CHANNELS)
+        _choice("data.storage", self.storage, STORAGES)
+        _choice("data.input", self.input, INPUTS)
+        if not 0.0 < self.device_fraction <= 1.0:
+            _fail("data.device_fraction", self.device_fraction, "must be in (0, 1]")
+        _min_int("data.stream_chunk", self.stream_chunk, 1)
+        _min_int("data.stream_prefetch", self.stream_prefetch, 1)
+        _min_int("data.stream_checkpoint_steps", self.stream_checkpoint_steps, 0)
         _min_int("data.shuffle_seed", self.shuffle_seed, -1)
         _choice("data.binarization", self.binarization, BINARIZATIONS)
         _choice("data.scale", self.scale, SCALES)

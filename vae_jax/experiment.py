@@ -238,27 +238,36 @@ class Experiment:
                     labels: jax.Array | None, epoch: jax.Array,
                     data_key: jax.Array) -> tuple[TrainState, dict]:
         """All steps of one epoch as a single ``lax.scan``: shuffle on device with
-        ``fold_in(data_key, epoch)``, gather each batch, step. Returns per-step metrics (arrays
-        with a leading [steps] axis)."""
-        n = images.shape[0]
-        bs = self.cfg.train.batch_size
-        steps = n // bs
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.wrap_key_data(data_key), epoch), n)
-        idx = perm[: steps * bs].reshape(steps, bs)
+        ``data.epoch_order`` (``fold_in(data_key, epoch)``), gather each batch, step. Returns
+        per-step metrics (arrays with a leading [steps] axis)."""
+        idx = data.epoch_order(data_key, epoch, images.shape[0], self.cfg.train.batch_size)
+        steps = idx.shape[0]
 
         def body(st, i):
             batch = {"image": images[i]}
             if labels is not None:
                 batch["label"] = labels[i]
-            return self.train_step(st, sharding.constrain_batch(batch, self.mesh), hp, steps)
+            return self._scan_step(st, batch, hp, steps)
 
         return jax.lax.scan(body, state, idx)
 
+    def train_steps(self, state: TrainState, hp: dict[str, jax.Array], batches: dict[str, jax.Array],
+                    steps_per_epoch: int) -> tuple[TrainState, dict]:
+        """The streamed counterpart of :meth:`train_epoch`: a ``lax.scan`` of the same step over
+        host-fed batches ([K, batch, ...] arrays, in the order ``data.epoch_order`` gives), so a
+        streamed run computes what the on-device one does."""
+        return jax.lax.scan(lambda st, b: self._scan_step(st, b, hp, steps_per_epoch), state, batches)
+
+    def _scan_step(self, state, batch, hp, steps_per_epoch):
+        return self.train_step(state, sharding.constrain_batch(batch, self.mesh), hp, steps_per_epoch)
+
 
 def load_data(cfg: Config) -> data.Dataset:
-    return data.load(cfg.data.name, train_split=cfg.data.train_split or None,
-                     test_split=cfg.data.test_split or None, data_dir=cfg.data.data_dir or None,
-                     manual_dir=cfg.data.manual_dir or None)
+    d = cfg.data
+    return data.load(d.name, train_split=d.train_split or None, test_split=d.test_split or None,
+                     data_dir=d.data_dir or None, manual_dir=d.manual_dir or None,
+                     path=d.path or None, image_size=d.image_size, crop=d.crop,
+                     channels=d.channels, storage=d.storage, test_fraction=d.test_fraction)
 
 
 def steps_per_epoch(cfg: Config, ds: data.Dataset) -> int:

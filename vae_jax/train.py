@@ -19,6 +19,7 @@ workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import checkpoint, estimators, evaluate, experiment, figures, lock, sharding
+from vae_jax.data import stream
 from vae_jax.config import Config, ConfigError, member_names
 from vae_jax.experiment import Experiment, member
 from vae_jax.metrics import MetricWriter
@@ -59,14 +61,27 @@ def check_finite(metrics: dict[str, np.ndarray], first_step: int, names: list[st
 
 
 def device_data(ds, mesh=None) -> tuple[jax.Array, jax.Array | None]:
-    """The training set on the devices (replicated over ``mesh``, each process contributing its
-    slice: ``sharding.global_array``)."""
+    """The training set on the devices at its storage dtype (float32, or uint8 converted inside
+    the step: ``data.prepare``), replicated over ``mesh``, each process contributing its slice
+    (``sharding.global_array``)."""
+    dtype = np.uint8 if ds.train_images.dtype == np.uint8 else np.float32
     if mesh is None:
         labels = None if ds.train_labels is None else jnp.asarray(ds.train_labels, jnp.int32)
-        return jnp.asarray(ds.train_images, jnp.float32), labels
+        return jnp.asarray(ds.train_images, dtype), labels
     labels = None if ds.train_labels is None else sharding.global_array(
         np.asarray(ds.train_labels, np.int32), mesh)
-    return sharding.global_array(np.asarray(ds.train_images, np.float32), mesh), labels
+    return sharding.global_array(np.asarray(ds.train_images, dtype), mesh), labels
+
+
+def input_path(cfg: Config, ds, stacked: bool) -> str:
+    """'device' or 'stream' (``config.data.input``; 'auto' by the training set's size against
+    the device memory). Populations train from on-device data."""
+    if stacked:
+        if cfg.data.input == "stream":
+            raise ConfigError("config.data.input='stream': a population trains from on-device "
+                              "data; use 'device' or 'auto'")
+        return "device"
+    return stream.choose_input(cfg.data.input, ds, cfg.data.device_fraction)
 
 
 def setup_devices(cfg: Config, num_members: int = 0):
@@ -134,21 +149,26 @@ def _layout(cfg: Config, workdir: str, members: list[Config], names: list[str], 
 
 
 def restore_or_init(ckpt: checkpoint.Checkpointer, target: Any, steps_per_epoch: int,
-                    init: Callable[[], Any], what: str = "run") -> tuple[Any, int]:
-    """(state, first epoch to train): the latest checkpoint restored into ``target`` (abstract
-    arrays with their shardings), or ``init()`` at epoch 0 when there is none. A checkpoint that
-    does not end on an epoch boundary is refused in one line."""
+                    init: Callable[[], Any], what: str = "run", mid_epoch: bool = False
+                    ) -> tuple[Any, int]:
+    """(state, first step to train): the latest checkpoint restored into ``target`` (abstract
+    arrays with their shardings), or ``init()`` at step 0 when there is none. A checkpoint that
+    does not end on an epoch boundary is refused in one line unless ``mid_epoch`` (the streamed
+    path, which starts its input at any step)."""
     restored = ckpt.restore_latest(target)
     if restored is None:
         log.info("no checkpoint in %s: %s starts fresh at step 0", ckpt.directory, what)
         return init(), 0
     step, state = restored
-    if step % steps_per_epoch:
+    if step % steps_per_epoch and not mid_epoch:
         raise checkpoint.CheckpointError(
             f"checkpoint step {step} in {ckpt.directory} is not a whole number of "
-            f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed")
-    log.info("resumed %s from step %d (epoch %d)", what, step, step // steps_per_epoch)
-    return state, step // steps_per_epoch
+            f"{steps_per_epoch}-step epochs: train.batch_size or the data split changed "
+            f"(or it was saved mid-epoch by a streamed run: set config.data.input='stream')")
+    epoch, pos = divmod(step, steps_per_epoch)
+    log.info("resumed %s from step %d (epoch %d%s)", what, step, epoch,
+             f", step {pos} of {steps_per_epoch}" if pos else "")
+    return state, step
 
 
 def train_and_evaluate(cfg: Config, workdir: str,
@@ -205,17 +225,19 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
         init = lambda: jax.jit(exp.init_state, out_shardings=state_sh)()  # noqa: E731
         hp = jax.device_put(experiment.hyperparams(cfg), rep)
         run_epoch = exp.train_epoch
-    state, start_epoch = restore_or_init(ckpt, sharding.with_shardings(abstract, state_sh),
-                                         steps_per_epoch, init, "population" if stacked else "run")
+    path = input_path(cfg, ds, stacked)
+    state, start_step = restore_or_init(ckpt, sharding.with_shardings(abstract, state_sh),
+                                        steps_per_epoch, init, "population" if stacked else "run",
+                                        mid_epoch=path == "stream")
+    start_epoch = start_step // steps_per_epoch
     _layout(cfg, workdir, members, names, stacked, has_checkpoint, write=main)  # once it restored
 
     # rows and events after the checkpoint (from a process killed before its next save) go, so
     # every epoch is logged exactly once however often the run was interrupted
-    writers = [MetricWriter(d, enabled=main, resume_step=start_epoch * steps_per_epoch) for d in dirs]
+    writers = [MetricWriter(d, enabled=main, resume_step=start_step) for d in dirs]
     for d, w, m in zip(dirs, writers, members):
-        if start_epoch == 0:
-            w.write_hparams(dict(m.to_dict(), devices=devices), d)
-    images, labels = device_data(ds, mesh)
+        if start_step == 0:
+            w.write_hparams(dict(m.to_dict(), devices=devices, input=path), d)
     by_seed: dict[int, estimators.TestELBO] = {}  # members differ from one another only in
     for m, e in zip(members, exps):  # batchable values and the seed, and the test ELBO depends
         if m.seed not in by_seed:  # on the seed alone (its noise): one compiled evaluator per seed
@@ -224,10 +246,18 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
     params_of = (lambda p, i: member(p, i)) if stacked else (lambda p, i: p)
 
     t0 = time.perf_counter()
-    data_key = jax.device_put(exp.data_key(), rep)
-    ins, outs = epoch_shardings(mesh, state_sh, hp_sh, labels, member_axis=stacked)
-    epoch_fn = jax.jit(run_epoch, in_shardings=ins, out_shardings=outs, donate_argnums=0).lower(
-        state, hp, images, labels, jnp.int32(0), data_key).compile()
+    if path == "device":
+        epoch_fn = _device_epochs(exp, run_epoch, mesh, state_sh, hp_sh, ds, state, hp, stacked)
+        source = None
+    else:
+        source = stream.HostStream(ds, mesh, cfg.train.batch_size, exp.data_key(), start_step,
+                                   cfg.train.num_epochs * steps_per_epoch, cfg.data.stream_chunk,
+                                   cfg.data.stream_prefetch)
+        try:
+            epoch_fn = _streamed_epochs(cfg, exp, mesh, state_sh, source, ckpt, state, hp, steps_per_epoch)
+        except BaseException:
+            source.close()
+            raise
     compile_s = time.perf_counter() - t0
 
     n_members = len(members)
@@ -236,20 +266,20 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
     try:
         for epoch in range(start_epoch, cfg.train.num_epochs):
             t = time.perf_counter()
-            first_step = epoch * steps_per_epoch
-            new_state, metrics = epoch_fn(state, hp, images, labels, jnp.int32(epoch), data_key)
+            first_step = max(epoch * steps_per_epoch, start_step)
+            new_state, metrics = epoch_fn(state, hp, epoch)
             metrics = sharding.to_host(metrics)  # one transfer for all members: [M, steps, ...]
             if not stacked:
                 metrics = jax.tree.map(lambda a: a[None], metrics)
             seconds = time.perf_counter() - t
             check_finite(metrics, first_step, names)
             state = new_state
-            step = first_step + steps_per_epoch
+            step = (epoch + 1) * steps_per_epoch
             done = epoch + 1
             means = {k: np.mean(v, axis=1) for k, v in metrics.items() if k != "kl_per_dim"}
             if stacked and "beta" in metrics:  # the weighted KL term's share of the training loss
                 means["kl_contribution"] = np.mean(metrics["loss"] - metrics["recon"], axis=1)
-            rate = steps_per_epoch * cfg.train.batch_size / seconds
+            rate = (step - first_step) * cfg.train.batch_size / seconds
             for i in range(n_members):
                 row = {k: float(v[i]) for k, v in means.items()}
                 row["images_per_s"] = rate
@@ -273,6 +303,8 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
             if on_epoch_end is not None:
                 on_epoch_end(done)
     finally:
+        if source is not None:
+            source.close()
         for w in writers:
             w.close()
         ckpt.close()
@@ -311,6 +343,56 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
                            "devices": devices}}
     evaluate.write_json(os.path.join(workdir, "summary.json"), result)  # last: marks it done
     return result
+
+
+def _device_epochs(exp, run_epoch, mesh, state_sh, hp_sh, ds, state, hp, stacked):
+    """The on-device path: ``(state, hp, epoch) -> (state, per-step metrics)``, one compiled
+    call per epoch over the training set held on the devices."""
+    rep = sharding.replicated(mesh)
+    images, labels = device_data(ds, mesh)
+    data_key = jax.device_put(exp.data_key(), rep)
+    ins, outs = epoch_shardings(mesh, state_sh, hp_sh, labels, member_axis=stacked)
+    fn = jax.jit(run_epoch, in_shardings=ins, out_shardings=outs, donate_argnums=0).lower(
+        state, hp, images, labels, jnp.int32(0), data_key).compile()
+    return lambda st, h, epoch: fn(st, h, images, labels, jnp.int32(epoch), data_key)
+
+
+def _streamed_epochs(cfg, exp, mesh, state_sh, source, ckpt, state, hp, steps_per_epoch):
+    """The streamed path: ``(state, hp, epoch) -> (state, per-step metrics)`` over the epoch's
+    remaining chunks from ``source`` (a ``stream.HostStream``), each one compiled call of
+    ``Experiment.train_steps``; with ``data.stream_checkpoint_steps``, a checkpoint whenever a
+    chunk crosses a multiple of it inside the epoch (the epoch's end is saved by the loop)."""
+    rep = sharding.replicated(mesh)
+    batch_sh = stream.chunk_sharding(mesh)
+    step_fn = jax.jit(functools.partial(exp.train_steps, steps_per_epoch=steps_per_epoch),
+                      in_shardings=(state_sh, rep, batch_sh), out_shardings=(state_sh, rep),
+                      donate_argnums=0)
+    k = min(cfg.data.stream_chunk, steps_per_epoch)
+    spec = {"image": jax.ShapeDtypeStruct((k, cfg.train.batch_size, *exp.image_shape),
+                                          source.images.dtype, sharding=batch_sh)}
+    if source.labels is not None:
+        spec["label"] = jax.ShapeDtypeStruct((k, cfg.train.batch_size), jnp.int32, sharding=batch_sh)
+    compiled = {k: step_fn.lower(state, hp, spec).compile()}
+    chunks = iter(source)
+    every = cfg.data.stream_checkpoint_steps
+
+    def run(st, h, epoch):
+        end = (epoch + 1) * steps_per_epoch
+        parts = []
+        for chunk in chunks:
+            fn = compiled.get(chunk.num_steps) or step_fn
+            st, m = fn(st, h, chunk.batches)
+            parts.append(m)
+            step = chunk.first_step + chunk.num_steps
+            if every and step < end and step // every > chunk.first_step // every:
+                m_host = jax.tree.map(lambda a: a[None], sharding.to_host(m))
+                check_finite(m_host, chunk.first_step, [""])
+                ckpt.save(step, st)
+            if step == end:
+                break
+        return st, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+    return run
 
 
 def _progress(cfg: Config, start_epoch: int) -> Callable[[int, dict, dict], None]:
