@@ -234,3 +234,32 @@ def test_own_files_train_end_to_end(tmp_path):
         out = train.train_and_evaluate(cfg, str(tmp_path / name))
         assert np.isfinite(out["elbo"]) and out["step"] == 2  # 108 training images / 50
 
+
+
+def test_one_process_at_a_time_prepares_a_tfds_dataset(tmp_path):
+    """The prepare lock is a kernel flock per open file: a second holder (here a thread, with its
+    own open file) waits until the first lets go, and an unwritable root does not block."""
+    import threading
+    import time
+
+    from vae_jax.data import tfds_source
+
+    order = []
+    first_in = threading.Event()
+
+    def hold():
+        with tfds_source._prepare_lock(str(tmp_path / "tfds"), "mnist"):
+            first_in.set()
+            time.sleep(0.5)
+            order.append("first out")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    first_in.wait()
+    with tfds_source._prepare_lock(str(tmp_path / "tfds"), "mnist"):
+        order.append("second in")
+    t.join()
+    assert order == ["first out", "second in"]
+    (tmp_path / "file").write_text("")
+    with tfds_source._prepare_lock(str(tmp_path / "file" / "sub"), "mnist"):  # cannot be made
+        pass

@@ -6,6 +6,8 @@ into ``data_dir``; when they are missing the error names them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import tempfile
@@ -67,7 +69,10 @@ def load(name, splits, data_dir, manual_dir, *, image_size=0, crop=0, channels="
         raise DataError(f"cannot open {name!r} in data_dir {data_dir}: {first_line(e)}") from None
     num_classes, factor_keys = _features(builder, name)
     if not prepared:
-        _prepare(tfds, builder, name, manual_dir)
+        with _prepare_lock(builder.data_dir_root, name):
+            builder = tfds.builder(name, data_dir=data_dir)  # another process may have prepared it
+            if not builder.is_prepared():
+                _prepare(tfds, builder, name, manual_dir)
     keep = ["image"] + (["label"] if num_classes else []) + factor_keys
     out = []
     for split in splits:
@@ -93,6 +98,22 @@ def load(name, splits, data_dir, manual_dir, *, image_size=0, crop=0, channels="
         factors = {k: batch[k] for k in factor_keys} or None
         out.append((batch["image"], labels, factors))
     return out, num_classes
+
+
+@contextlib.contextmanager
+def _prepare_lock(root: str, name: str):
+    """One process at a time prepares ``name`` under ``root`` (a kernel ``flock``, released when
+    its holder exits); TFDS does not guard two concurrent prepares of one dataset, which collide
+    in its temporary folders. The others wait, then find it prepared."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        f = open(os.path.join(root, f".{name}.prepare.lock"), "a")
+    except OSError:  # an unwritable data_dir: TFDS's own prepare reports it in one line
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _prepare(tfds, builder, name, manual_dir):
