@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -84,9 +85,10 @@ def matmul_peak(size: int, repeats: int = 5) -> float:
     return 2.0 * size ** 3 / best
 
 
-def step_flops(exp: experiment.Experiment, state, batch, hp) -> float:
+def step_flops(exp: experiment.Experiment, state, batch, hp, steps_per_epoch: int) -> float:
     """XLA's FLOP count of one training step on one device (the global work of a step)."""
-    cost = jax.jit(exp.train_step).lower(state, batch, hp).compile().cost_analysis()
+    step = functools.partial(exp.train_step, steps_per_epoch=steps_per_epoch)
+    cost = jax.jit(step).lower(state, batch, hp).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
                        {"image": jax.ShapeDtypeStruct((cfg.train.batch_size, *ds.image_shape),
                                                       jnp.float32),
                         "label": jax.ShapeDtypeStruct((cfg.train.batch_size,), jnp.int32)},
-                       experiment.hyperparams(cfg)) * steps
+                       experiment.hyperparams(cfg), steps) * steps
     t = time.perf_counter()
     ins, outs = train.epoch_shardings(mesh, state_sh, rep, labels)
     with sharding.matmul_precision(cfg.train.matmul_precision):

@@ -30,11 +30,12 @@ _DONE = object()
 
 
 def memory_budget() -> tuple[int, str]:
-    """(bytes, what they are) the training set may be measured against: the first device's
-    memory limit where JAX reports one (GPU, TPU), else the host's physical memory (CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """(bytes, what they are) the training set may be measured against: the memory limit of this
+    process's first device where JAX reports one (GPU, TPU), else the host's memory (CPU)."""
+    dev = jax.local_devices()[0]  # another process's device has no memory statistics here
+    stats = dev.memory_stats() or {}
     if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), f"{jax.devices()[0].device_kind} memory"
+        return int(stats["bytes_limit"]), f"{dev.device_kind} memory"
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host memory"
 
 
