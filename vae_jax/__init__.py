@@ -5,7 +5,7 @@ import os as _os
 
 __version__ = "0.1.0"
 
-# XLA:CPU defaults. The flag is set before any JAX backend starts (XLA reads XLA_FLAGS when the first backend
+# XLA:CPU default, set before any JAX backend starts (XLA reads XLA_FLAGS when the first backend
 # is created, which importing vae_jax does not do). jaxlib 0.10 routes CPU matmuls through
 # YNNPACK fusions, which for this codebase's shapes are slower than XLA's Eigen path (the README
 # has the importance-sampling measurement). Only CPU compilation reads the flag. Left alone when XLA_FLAGS already names it, when
@@ -27,12 +27,6 @@ def _apply_xla_defaults() -> None:
 
 
 _apply_xla_defaults()
-
-if _os.environ.get("VAE_JAX_XLA_DEFAULTS", "1") != "0":
-    # Threefry as straight-line code on XLA:CPU (bit for bit the same draws; see rng.py)
-    from vae_jax import rng as _rng
-
-    _rng.unroll_threefry_on_cpu()
 
 # the shipped model families and objectives register themselves in config.FAMILIES / OBJECTIVES
 from vae_jax import models as _models, objectives as _objectives  # noqa: E402,F401
