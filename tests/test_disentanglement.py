@@ -291,3 +291,32 @@ def test_disentanglement_evaluators_on_a_factor_dataset(tmp_path):
     assert out["dci_num_points"] == [200, 100]
     with pytest.raises(estimators.NotApplicable, match="no ground-truth factors"):
         evaluate.factor_classes(data.load("digits"))
+
+
+def test_aggregation_plots_metrics_against_beta(tmp_path):
+    """Members' eval.json with the disentanglement metrics -> mean ± std over seeds per objective
+    and β, and the metric-against-β figure."""
+    import csv
+
+    from vae_jax import aggregate
+
+    for name in ("elbo", "beta_tcvae"):
+        for beta in (1.0, 4.0):
+            for seed, mig in ((0, 0.1 * beta), (1, 0.1 * beta + 0.02)):
+                folder = tmp_path / "runs" / f"name={name}" / "members" / f"beta={beta:g},seed={seed}"
+                folder.mkdir(parents=True)
+                cfg = config_lib.Config().to_dict()
+                cfg["seed"], cfg["objective"]["beta"], cfg["objective"]["name"] = seed, beta, name
+                cfg["data"]["shuffle_seed"] = 0
+                json.dump(cfg, open(folder / "config.json", "w"))
+                json.dump({"elbo": -50.0, "recon": 40.0, "kl": 10.0, "step": 10,
+                           "metadata": {"epochs": 1, "dataset": "dsprites_generated"}},
+                          open(folder / "summary.json", "w"))
+                json.dump({"mig": mig, "dci_disentanglement": 0.5, "probe_accuracy": 0.9},
+                          open(folder / "eval.json", "w"))
+    names = {p.rsplit("/", 1)[-1] for p in aggregate.aggregate(str(tmp_path))}
+    assert {"disentanglement_vs_beta.png", "class_overlap_vs_beta.png"} <= names
+    table = {(t["objective.name"], t["beta"]): t
+             for t in csv.DictReader(open(tmp_path / "results_mean_std.csv"))}
+    t = table[("beta_tcvae", "4.0")]
+    assert float(t["mig_mean"]) == pytest.approx(0.41) and float(t["mig_std"]) == pytest.approx(0.02 / 2 ** 0.5)

@@ -111,16 +111,18 @@ def factor_classes(ds: data.Dataset) -> tuple[list[str], np.ndarray]:
     return [k[len("label_"):] for k in names], np.stack([np.asarray(f[k], np.int64) for k in names], 1)
 
 
-def _pool(ctx: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Posterior means and factor classes of the split, and the train / test sizes used: the
-    first eval.factor_train points and the next eval.factor_test, or the split cut in that
-    ratio when it holds fewer."""
+def _pool(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, factors) of a training and a test part of the split: the first
+    eval.factor_train points and the next eval.factor_test, or the split cut in that ratio when
+    it holds fewer."""
     _, f = factor_classes(ctx.ds)
-    e, n = ctx.cfg.eval, len(f)
+    e, n, c = ctx.cfg.eval, len(f), ctx.codes
     if n >= e.factor_train + e.factor_test:
-        return ctx.codes, f, e.factor_train, e.factor_test
-    ntr = max(2, min(n - 2, round(n * e.factor_train / (e.factor_train + e.factor_test))))
-    return ctx.codes, f, ntr, n - ntr
+        ntr, nte = e.factor_train, e.factor_test
+    else:
+        ntr = max(2, min(n - 2, round(n * e.factor_train / (e.factor_train + e.factor_test))))
+        nte = n - ntr
+    return c[:ntr], f[:ntr], c[ntr:ntr + nte], f[ntr:ntr + nte]
 
 
 def _mig(ctx: Context) -> Pairs:
@@ -133,15 +135,13 @@ def _mig(ctx: Context) -> Pairs:
 
 
 def _dci(ctx: Context) -> Pairs:
-    c, f, ntr, nte = _pool(ctx)
-    yield from disentanglement.dci(c[:ntr], f[:ntr], c[ntr:ntr + nte], f[ntr:ntr + nte],
-                                   ctx.cfg.eval.dci_model, ctx.cfg.seed).items()
-    yield "dci_num_points", [ntr, nte]
+    pool = _pool(ctx)
+    yield from disentanglement.dci(*pool, ctx.cfg.eval.dci_model, ctx.cfg.seed).items()
+    yield "dci_num_points", [len(pool[0]), len(pool[2])]
 
 
 def _sap(ctx: Context) -> Pairs:
-    c, f, ntr, nte = _pool(ctx)
-    yield from disentanglement.sap(c[:ntr], f[:ntr], c[ntr:ntr + nte], f[ntr:ntr + nte]).items()
+    yield from disentanglement.sap(*_pool(ctx)).items()
 
 
 def _factor_vae_score(ctx: Context) -> Pairs:
@@ -219,6 +219,10 @@ EVALUATORS: dict[str, Evaluator] = {  # a new evaluator: one function and one li
         f"logistic-regression probe and {c.eval.overlap_neighbors}-NN test accuracy, silhouette "
         f"score on up to 5000 points")),
 }
+
+
+# evaluators that need the ground-truth factors of a factor dataset (skipped elsewhere)
+FACTOR_EVALUATORS = ("mig", "dci", "sap", "factor_vae_score", "beta_vae_score")
 
 
 def check_names(names: tuple[str, ...]) -> None:

@@ -12,9 +12,9 @@ The sweep folder gets results.{csv,md}, results_mean_std.{csv,md} (mean ± std o
 disentanglement_vs_beta.png (each metric against β, one curve per objective; for β-TCVAE β
 weights the total correlation). FactorVAE's γ: configs/sweeps/dsprites_factorvae.py.
 
-A reduced budget (the grid stays): ``--config.data.num_train=9600 --config.data.num_test=3000
+A reduced budget (the grid stays): ``--config.data.num_train=4800 --config.data.num_test=2000
 --config.train.num_epochs=1 --config.train.batch_size=32 --config.model.conv_channels=16,16,32,32
---config.model.conv_dense=128 --config.eval.factor_train=2000 --config.eval.factor_test=1000
+--config.model.conv_dense=128 --config.eval.factor_train=1200 --config.eval.factor_test=800
 --config.eval.dci_model=forest``; configs/sweeps/dsprites_beta_cpu.py is that budget with the
 smaller grid that ran on a 2-core CPU.
 """
