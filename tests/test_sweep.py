@@ -124,7 +124,8 @@ def test_base_config_may_not_define_members():
 
 
 @pytest.mark.parametrize("name,runs,members", [("mnist_beta", 1, 18), ("fashion_beta", 1, 12),
-                                                ("mnist_ablation", 8, 24)])
+                                                ("mnist_ablation", 8, 24), ("dsprites_beta", 2, 36),
+                                                ("dsprites_factorvae", 1, 18)])
 def test_shipped_sweeps_plan(name, runs, members):
     path = SWEEPS / f"{name}.py"
     doc = path.read_text()
@@ -135,7 +136,14 @@ def test_shipped_sweeps_plan(name, runs, members):
         cfg = plan[0].config
         assert sorted({m["objective.beta"] for m in plan[0].members}) == [0.1, 0.5, 1.0, 2.0]
         assert (cfg.data.name, cfg.model.network, cfg.model.latent_dim) == ("fashion_mnist", "conv", 64)
-        assert "smoothness" in cfg.population.evaluators
+        assert "smoothness" in cfg.population.evaluators and "class_overlap" in cfg.population.evaluators
+    if name == "dsprites_beta":  # β-VAE and β-TCVAE, β ∈ {1, 2, 4, 6, 8, 16}
+        assert {r.config.objective.name for r in plan} == {"elbo", "beta_tcvae"}
+        assert sorted({m["objective.beta"] for m in plan[0].members}) == [1, 2, 4, 6, 8, 16]
+        cfg = plan[0].config
+        assert (cfg.data.name, cfg.model.conv_channels, cfg.model.conv_dense, cfg.model.latent_dim) == (
+            "dsprites_generated", (32, 32, 64, 64), (256,), 10)
+        assert {"mig", "dci"} <= set(cfg.population.evaluators)
     if name == "mnist_beta":
         assert sorted({m["objective.beta"] for m in plan[0].members}) == [0.1, 0.5, 1.0, 2.0, 4.0, 8.0]
     if name == "mnist_ablation":

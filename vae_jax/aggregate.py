@@ -18,6 +18,9 @@ row of ``metrics.jsonl``. Written into DIR:
   one curve per configuration, with lines of equal −ELBO = D + R (Alemi et al. 2018);
 - ``elbo_vs_beta.png`` (and the importance-sampled NLL when eval.json has it),
   ``active_units_vs_beta.png``, ``interpolation_smoothness_vs_beta.png`` when those exist;
+- ``disentanglement_vs_beta.png`` (MIG, DCI, SAP, FactorVAE and β-VAE scores) and
+  ``class_overlap_vs_beta.png`` (linear-probe and k-NN accuracy, silhouette) when eval.json has
+  them (``vae_jax.disentanglement``);
 - ``ablation.png``: test ELBO (mean ± std over seeds) per configuration, when the sweep varies
   more than β and the seed.
 
@@ -42,13 +45,22 @@ from vae_jax.metrics import read_jsonl
 SUMMARY_KEYS = ("elbo", "recon", "kl", "bits_per_dim")
 EVAL_KEYS = ("is_log_px", "is_log_px_stderr", "is_bits_per_dim", "active_units", "num_collapsed",
              "kl_total", "interpolation_smoothness", "interpolation_jump_ratio", "bce_per_pixel",
-             "mse_per_pixel")
+             "mse_per_pixel", *(DISENTANGLEMENT := (
+                 "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap",
+                 "factor_vae_score", "beta_vae_score")), *(OVERLAP := (
+                 "probe_accuracy", "knn_accuracy", "silhouette")))
 TRAIN_KEYS = ("loss", "recon", "kl", "kl_contribution")
 IGNORED_FIELDS = ("population.", "data.manual_dir", "data.data_dir", "train.progress",
                   "train.figures", "data.shuffle_seed")
 METRICS = ("elbo", "recon", "kl", "beta_kl", "bits_per_dim", "nll", "is_bits_per_dim",
            "active_units", "num_collapsed", "interpolation_smoothness", "interpolation_jump_ratio",
-           "train_loss", "train_kl_contribution", "bce_per_pixel", "mse_per_pixel")
+           "train_loss", "train_kl_contribution", "bce_per_pixel", "mse_per_pixel",
+           *DISENTANGLEMENT, *OVERLAP)
+METRIC_LABELS = {"mig": "MIG", "dci_disentanglement": "DCI disentanglement",
+                 "dci_completeness": "DCI completeness", "dci_informativeness": "DCI informativeness",
+                 "sap": "SAP", "factor_vae_score": "FactorVAE score", "beta_vae_score": "β-VAE score",
+                 "probe_accuracy": "linear-probe accuracy", "knn_accuracy": "k-NN accuracy",
+                 "silhouette": "silhouette score"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -292,8 +304,12 @@ def _plot_vs_beta(path: str, groups: list[dict], overrides: list[str], metrics: 
     if not present:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 4), squeeze=False)
-    for ax, (m, lab) in zip(axes[0], present):
+    cols = min(4, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax, (m, lab) in zip(axes.flat, present):
         for name, curve in _curves(groups, overrides).items():
             curve = [g for g in curve if f"{m}_mean" in g]
             if not curve:
@@ -396,7 +412,11 @@ def aggregate(workdir: str) -> list[str]:
                  "interpolation smoothness against β"),
                 ("kl_contribution_vs_beta.png", [("beta_kl", "β · test KL [nats]"),
                                                  ("train_kl_contribution", "KL term in the training loss [nats]")],
-                 "KL contribution against β")):
+                 "KL contribution against β"),
+                ("disentanglement_vs_beta.png", [(m, METRIC_LABELS[m]) for m in DISENTANGLEMENT],
+                 "disentanglement metrics against β (the TC weight for β-TCVAE, γ for FactorVAE)"),
+                ("class_overlap_vs_beta.png", [(m, METRIC_LABELS[m]) for m in OVERLAP],
+                 "class separability of the posterior means against β")):
             p = _plot_vs_beta(os.path.join(workdir, name), groups, overrides, metrics_, title)
             if p:
                 written.append(p)

@@ -28,8 +28,14 @@ ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "leaky_relu")
 INITS = ("lecun", "torch")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace", "logistic")
 SCHEDULES = ("constant", "linear", "cyclical", "capacity")
-LABELLED = ("digits", "mnist", "fashion_mnist")  # datasets with class labels
-DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array")  # and any TFDS name
+LABELLED = ("digits", "mnist", "fashion_mnist", "dsprites_generated")  # datasets with class labels
+DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array",
+            "dsprites_generated")  # and any TFDS name
+GENERATED = ("dsprites_generated",)  # rendered by vae_jax.data; num_train / num_test size them
+CONV_HEADS = ("conv", "transpose")
+TC_OBJECTIVES = ("beta_tcvae", "factorvae")  # need a single Gaussian latent layer ('vae')
+TC_ESTIMATORS = ("mws", "mss")  # beta_tcvae: minibatch-weighted / minibatch-stratified sampling
+DCI_MODELS = ("gbt", "forest")  # importance model of the DCI evaluator
 _DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9*]+(\.[0-9*]+){0,2})?")
 CHANNELS = ("keep", "grayscale", "rgb")  # data.images.CHANNELS
 STORAGES = ("float32", "uint8")  # data.core.STORAGES
@@ -107,6 +113,11 @@ class DataConfig:
     eval_binarization_seed: int = 0  # fixes the test set's binarization under 'dynamic'
     shuffle_seed: int = -1  # seed of the data order; -1 = config.seed (a population shares one order)
     scale: str = "unit"  # 'unit' keeps [0, 1]; 'symmetric' maps to [-1, 1]
+    # generated datasets ('dsprites_generated'): training images drawn without replacement from
+    # the factor grid (0 = every grid point outside the test split) and test images (0 = the
+    # dataset's default, 15,000); both from one fixed permutation, so splits never overlap
+    num_train: int = 0
+    num_test: int = 0
 
     def validate(self) -> None:
         if not _DATASET_NAME.fullmatch(self.name):
@@ -135,6 +146,12 @@ class DataConfig:
                   "binarized_mnist is already statically binarized; use 'none'")
         if self.binarization == "dynamic" and self.scale != "unit":
             _fail("data.scale", self.scale, "dynamic binarization needs scale 'unit'")
+        _min_int("data.num_train", self.num_train, 0)
+        _min_int("data.num_test", self.num_test, 0)
+        if (self.num_train or self.num_test) and self.name not in GENERATED:
+            _fail("data.num_train" if self.num_train else "data.num_test",
+                  self.num_train or self.num_test, f"sizes a generated dataset "
+                  f"({', '.join(GENERATED)}) only; other datasets take split syntax ('train[:1000]')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +161,13 @@ class ModelConfig:
     hidden: tuple[int, ...] = (400,)  # MLP hidden widths (encoder; the decoder mirrors them)
     conv_channels: tuple[int, ...] = (32, 64, 128)  # conv encoder channels; decoder mirrors
     conv_strides: tuple[int, ...] = (2, 2, 1)
+    # conv network: Dense widths between the conv trunk and the posterior (the decoder mirrors
+    # them before its first map); () = none. (256,) with channels (32, 32, 64, 64) and strides
+    # 2 is the 64×64 network of Burgess et al. 2018 / Locatello et al. 2019
+    conv_dense: tuple[int, ...] = ()
+    # conv decoder output: 'conv' = a 3×3 conv after the last transposed conv; 'transpose' = the
+    # last transposed conv gives the likelihood parameters (Burgess et al. 2018)
+    conv_head: str = "conv"
     latent_dim: int = 20  # vae/cvae/ae/dae: size of z; vqvae: number of code vectors per image
     activation: str = "relu"
     init: str = "lecun"  # 'torch' reproduces PyTorch nn.Linear / nn.Conv2d initialisation
@@ -174,6 +198,8 @@ class ModelConfig:
         _positive_ints("model.hidden", self.hidden, allow_empty=True)
         _positive_ints("model.conv_channels", self.conv_channels)
         _positive_ints("model.conv_strides", self.conv_strides)
+        _positive_ints("model.conv_dense", self.conv_dense, allow_empty=True)
+        _choice("model.conv_head", self.conv_head, CONV_HEADS)
         if len(self.conv_strides) != len(self.conv_channels):
             _fail("model.conv_strides", self.conv_strides,
                   f"needs one stride per conv layer ({len(self.conv_channels)})")
@@ -190,8 +216,13 @@ class ModelConfig:
 class ObjectiveConfig:
     """The training objective; the batchable fields can differ across a population's members."""
 
-    name: str = "elbo"  # 'elbo', or 'iwae': the k-sample importance-weighted bound (k = num_samples)
-    beta: float = batchable(1.0)  # weight of the KL term in the training loss (the logged ELBO is unweighted)
+    # 'elbo'; 'iwae': the k-sample importance-weighted bound (k = num_samples); 'beta_tcvae':
+    # recon + KL + (β − 1)·TC (Chen et al. 2018); 'factorvae': recon + KL + β·TC with TC from a
+    # discriminator (Kim & Mnih 2018; their γ is β here)
+    name: str = "elbo"
+    # weight of the KL term in the training loss (the logged ELBO is unweighted); for
+    # 'beta_tcvae' and 'factorvae' the weight of the total-correlation term instead
+    beta: float = batchable(1.0)
     num_samples: int = 1  # L Monte Carlo samples of z per datapoint (k for 'iwae')
     schedule: str = "constant"  # the KL weight over steps, see SCHEDULES
     warmup_steps: int = batchable(10000)  # 'linear': β rises from 0 to beta over this many steps
@@ -202,6 +233,11 @@ class ObjectiveConfig:
     capacity_max: float = batchable(25.0)  # 'capacity': C rises linearly from 0 to this (nats)
     capacity_steps: int = batchable(100000)  # 'capacity': steps over which C rises
     capacity_gamma: float = batchable(1000.0)  # 'capacity': γ in γ·|KL − C| (Burgess et al. 2018)
+    tc_estimator: str = "mss"  # 'beta_tcvae': 'mws' or 'mss' estimate of log q(z) (Chen et al. 2018)
+    # 'factorvae': the discriminator's hidden widths (LeakyReLU 0.2) and its Adam learning rate
+    # (β1 0.5, β2 0.9), Kim & Mnih 2018
+    discriminator_hidden: tuple[int, ...] = (1000,) * 6
+    discriminator_lr: float = 1e-4
 
     def validate(self) -> None:
         OBJECTIVES.check(self.name)
@@ -217,6 +253,13 @@ class ObjectiveConfig:
             v = getattr(self, f)
             if not (v >= 0 and math.isfinite(v)):
                 _fail(f"objective.{f}", v, "must be a finite number >= 0")
+        _choice("objective.tc_estimator", self.tc_estimator, TC_ESTIMATORS)
+        _positive_ints("objective.discriminator_hidden", self.discriminator_hidden)
+        if not (self.discriminator_lr > 0 and math.isfinite(self.discriminator_lr)):
+            _fail("objective.discriminator_lr", self.discriminator_lr, "must be a finite number > 0")
+        if self.name in TC_OBJECTIVES and (self.schedule != "constant" or self.free_bits):
+            _fail("objective.schedule", self.schedule, f"objective {self.name!r} weights the "
+                  f"total correlation by beta: use schedule 'constant' and free_bits 0")
         if self.name == "iwae" and (self.schedule != "constant" or self.beta != 1.0 or self.free_bits):
             _fail("objective.name", self.name, "the IWAE bound takes no KL weighting: use "
                   "schedule 'constant', beta 1 and free_bits 0")
@@ -294,6 +337,15 @@ class EvalConfig:
     collapse_threshold: float = 0.1  # nats: a latent is collapsed when its mean KL is below this
     num_pairs: int = 8  # image pairs for the interpolation smoothness metric and figure
     interpolation_steps: int = 10  # points on each posterior-mean path
+    # disentanglement evaluators (vae_jax.disentanglement) on the test split's posterior means
+    # and factors; defaults of disentanglement_lib (Locatello et al. 2019)
+    factor_train: int = 10000  # MIG points; DCI / SAP training points; training votes
+    factor_test: int = 5000  # DCI / SAP test points; evaluation votes
+    factor_bins: int = 20  # MIG: histogram bins per code dimension
+    factor_batch: int = 64  # FactorVAE / β-VAE scores: images per vote
+    factor_variance_threshold: float = 0.05  # FactorVAE score: dims with lower variance are pruned
+    dci_model: str = "gbt"  # DCI importances: 'gbt' (sklearn defaults, as disentanglement_lib) or 'forest'
+    overlap_neighbors: int = 5  # class_overlap: k of the k-NN probe
 
     def validate(self) -> None:
         _min_int("eval.batch_size", self.batch_size, 1)
@@ -306,6 +358,12 @@ class EvalConfig:
         _min_int("eval.num_images", self.num_images, 0)
         _min_int("eval.num_pairs", self.num_pairs, 1)
         _min_int("eval.interpolation_steps", self.interpolation_steps, 2)
+        for f in ("factor_train", "factor_test", "factor_bins", "factor_batch", "overlap_neighbors"):
+            _min_int(f"eval.{f}", getattr(self, f), 2)
+        _choice("eval.dci_model", self.dci_model, DCI_MODELS)
+        if not (self.factor_variance_threshold >= 0 and math.isfinite(self.factor_variance_threshold)):
+            _fail("eval.factor_variance_threshold", self.factor_variance_threshold,
+                  "must be a finite number >= 0")
         for f in ("active_unit_threshold", "collapse_threshold"):
             v = getattr(self, f)
             if not (v >= 0 and math.isfinite(v)):
@@ -440,6 +498,9 @@ class Config:
         if not family.has_kl and (self.objective.schedule != "constant" or self.objective.free_bits):
             _fail("objective.schedule", self.objective.schedule, f"family '{self.model.family}' "
                   "has no KL term to schedule (use 'constant' and free_bits 0)")
+        if self.objective.name in TC_OBJECTIVES and self.model.family != "vae":
+            _fail("objective.name", self.objective.name, f"estimates the total correlation of a "
+                  f"single Gaussian latent layer: use model.family 'vae', not {self.model.family!r}")
         family.validate(self)
 
         if self.mesh.members not in (1, -1) and not self.population.members:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import checkpoint, data, estimators, experiment, figures, lock
+from vae_jax import checkpoint, data, disentanglement, estimators, experiment, figures, lock
 from vae_jax.config import ConfigError, from_config_dict as config_from_dict, member_names
 from vae_jax.diagnostics import bce_per_pixel, collapse_stats, interpolation_smoothness
 from vae_jax.estimators import Context, NotApplicable, TestELBO
@@ -100,6 +100,78 @@ def _figures(ctx: Context) -> Pairs:
     yield "figures", sorted(os.path.basename(p) for p in figures.figure_paths(ctx))
 
 
+def factor_classes(ds: data.Dataset) -> tuple[list[str], np.ndarray]:
+    """The test split's ground-truth factor classes: the names of its ``label_*`` factors that
+    vary, and the classes [N, K]; NotApplicable when the dataset has none."""
+    f = ds.test_factors or {}
+    names = [k for k in f if k.startswith("label_") and len(np.unique(f[k])) > 1]
+    if not names:
+        raise NotApplicable(f"dataset {ds.name!r} has no ground-truth factors (label_* of a "
+                            f"factor dataset such as dsprites_generated or TFDS dsprites)")
+    return [k[len("label_"):] for k in names], np.stack([np.asarray(f[k], np.int64) for k in names], 1)
+
+
+def _pool(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, factors) of a training and a test part of the split: the first
+    eval.factor_train points and the next eval.factor_test, or the split cut in that ratio when
+    it holds fewer."""
+    _, f = factor_classes(ctx.ds)
+    e, n, c = ctx.cfg.eval, len(f), ctx.codes
+    if n >= e.factor_train + e.factor_test:
+        ntr, nte = e.factor_train, e.factor_test
+    else:
+        ntr = max(2, min(n - 2, round(n * e.factor_train / (e.factor_train + e.factor_test))))
+        nte = n - ntr
+    return c[:ntr], f[:ntr], c[ntr:ntr + nte], f[ntr:ntr + nte]
+
+
+def _mig(ctx: Context) -> Pairs:
+    names, f = factor_classes(ctx.ds)
+    n = min(ctx.cfg.eval.factor_train, len(f))
+    out = disentanglement.mig(ctx.codes[:n], f[:n], ctx.cfg.eval.factor_bins)
+    yield "mig", out["mig"]
+    yield "mig_per_factor", dict(zip(names, out["mig_per_factor"]))
+    yield "mig_num_points", n
+
+
+def _dci(ctx: Context) -> Pairs:
+    pool = _pool(ctx)
+    yield from disentanglement.dci(*pool, ctx.cfg.eval.dci_model, ctx.cfg.seed).items()
+    yield "dci_num_points", [len(pool[0]), len(pool[2])]
+
+
+def _sap(ctx: Context) -> Pairs:
+    yield from disentanglement.sap(*_pool(ctx)).items()
+
+
+def _factor_vae_score(ctx: Context) -> Pairs:
+    _, f = factor_classes(ctx.ds)
+    e = ctx.cfg.eval
+    yield from disentanglement.factor_vae_score(
+        ctx.codes, f, ctx.cfg.seed, e.factor_batch, e.factor_train, e.factor_test,
+        e.factor_train, e.factor_variance_threshold).items()
+
+
+def _beta_vae_score(ctx: Context) -> Pairs:
+    _, f = factor_classes(ctx.ds)
+    e = ctx.cfg.eval
+    yield from disentanglement.beta_vae_score(ctx.codes, f, ctx.cfg.seed, e.factor_batch,
+                                              e.factor_train, e.factor_test).items()
+
+
+def _class_overlap(ctx: Context) -> Pairs:
+    if ctx.labels is None:
+        raise NotApplicable(f"dataset {ctx.ds.name!r} has no class labels")
+    yield from disentanglement.class_overlap(ctx.codes, ctx.labels, ctx.cfg.seed,
+                                             ctx.cfg.eval.overlap_neighbors).items()
+
+
+def _pool_note(c) -> str:
+    return (f"posterior means of the test split with its factor classes; the first "
+            f"{c.eval.factor_train} points for training and the next {c.eval.factor_test} for "
+            f"testing (a smaller split is cut in that ratio)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
     run: Callable[[Context], Pairs]
@@ -124,7 +196,33 @@ EVALUATORS: dict[str, Evaluator] = {  # a new evaluator: one function and one li
         f"{c.eval.num_pairs} seeded pairs of test images, {c.eval.interpolation_steps}-point "
         f"posterior-mean paths, decoder means in [0, 1]")),
     "figures": Evaluator(_figures, lambda c: "PNG files in the figures folder"),
+    # disentanglement (vae_jax.disentanglement; defaults of disentanglement_lib)
+    "mig": Evaluator(_mig, lambda c: (
+        f"mutual information gap over the first {c.eval.factor_train} test posterior means, "
+        f"{c.eval.factor_bins}-bin histogram discretization per dimension, normalised by H(factor)")),
+    "dci": Evaluator(_dci, lambda c: (
+        f"DCI with {'GradientBoostingClassifier (sklearn defaults)' if c.eval.dci_model == 'gbt' else 'random forest (30 bagged trees)'} "
+        f"importances; informativeness = mean test accuracy; " + _pool_note(c))),
+    "sap": Evaluator(_sap, lambda c: (
+        "SAP, discrete factors: LinearSVC(C=0.01, balanced) per (code, factor), test accuracy; "
+        + _pool_note(c))),
+    "factor_vae_score": Evaluator(_factor_vae_score, lambda c: (
+        f"FactorVAE score: std < {c.eval.factor_variance_threshold} pruned, {c.eval.factor_batch} "
+        f"points per vote drawn from the test split sharing one factor value, majority vote "
+        f"fit on {c.eval.factor_train} votes, accuracy on {c.eval.factor_test}")),
+    "beta_vae_score": Evaluator(_beta_vae_score, lambda c: (
+        f"β-VAE score: mean |Δz| over {c.eval.factor_batch} test-split pairs sharing one factor "
+        f"value, LogisticRegression on {c.eval.factor_train} examples, accuracy on "
+        f"{c.eval.factor_test}")),
+    "class_overlap": Evaluator(_class_overlap, lambda c: (
+        f"class separability of the test posterior means on a seeded half/half split: "
+        f"logistic-regression probe and {c.eval.overlap_neighbors}-NN test accuracy, silhouette "
+        f"score on up to 5000 points")),
 }
+
+
+# evaluators that need the ground-truth factors of a factor dataset (skipped elsewhere)
+FACTOR_EVALUATORS = ("mig", "dci", "sap", "factor_vae_score", "beta_vae_score")
 
 
 def check_names(names: tuple[str, ...]) -> None:

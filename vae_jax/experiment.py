@@ -134,10 +134,18 @@ class Experiment:
     image_shape: tuple[int, int, int]
     mesh: Any = None  # a jax.sharding.Mesh: the epoch splits each batch over its 'data' axis
     auxiliaries: tuple[tuple[str, models.Auxiliary], ...] = ()
+    num_train: int = 0  # training images (0 = unknown): the dataset size N of the objective
 
     @classmethod
-    def build(cls, cfg: Config, image_shape: tuple[int, int, int], mesh: Any = None) -> "Experiment":
+    def build(cls, cfg: Config, image_shape: tuple[int, int, int], mesh: Any = None,
+              num_train: int = 0) -> "Experiment":
+        """``num_train``: the training split's size, which objectives that estimate the
+        aggregate posterior (β-TCVAE) need; evaluation may leave it 0."""
         family = models.get(cfg.model.family)
+        if cfg.objective.name == "beta_tcvae" and num_train and (
+                cfg.objective.tc_estimator == "mss" and num_train < cfg.train.batch_size):
+            raise ConfigError(f"config.objective.tc_estimator='mss': needs at least "
+                              f"train.batch_size={cfg.train.batch_size} training images, got {num_train}")
         if cfg.model.network == "conv":
             down = 2 ** sum(1 for s in cfg.model.conv_strides if s == 2)
             if image_shape[0] % down or image_shape[1] % down:
@@ -146,7 +154,7 @@ class Experiment:
                     f"which does not divide the {image_shape[0]}x{image_shape[1]} images of "
                     f"{cfg.data.name}")
         return cls(cfg, family, family.build(cfg, image_shape), make_optimizer(cfg.optim),
-                   tuple(image_shape), mesh, tuple(family.auxiliaries(cfg).items()))
+                   tuple(image_shape), mesh, tuple(family.auxiliaries(cfg).items()), num_train)
 
     def init_state(self, seed: jax.Array | int | None = None) -> TrainState:
         base = jax.random.key(self.cfg.seed if seed is None else seed)
@@ -181,6 +189,8 @@ class Experiment:
     def loss_fn(self, params, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array,
                 hp: dict[str, jax.Array], aux: Any = None):
         terms = self.terms(params, batch, key, aux=aux)
+        if self.num_train:
+            hp = dict(hp, dataset_size=jnp.float32(self.num_train))
         loss, logged = objectives.training_loss(terms, step, hp, self.cfg.objective)
         return loss, (terms, logged)
 
@@ -267,7 +277,8 @@ def load_data(cfg: Config) -> data.Dataset:
     return data.load(d.name, train_split=d.train_split or None, test_split=d.test_split or None,
                      data_dir=d.data_dir or None, manual_dir=d.manual_dir or None,
                      path=d.path or None, image_size=d.image_size, crop=d.crop,
-                     channels=d.channels, storage=d.storage, test_fraction=d.test_fraction)
+                     channels=d.channels, storage=d.storage, test_fraction=d.test_fraction,
+                     num_train=d.num_train, num_test=d.num_test)
 
 
 def steps_per_epoch(cfg: Config, ds: data.Dataset) -> int:

@@ -118,15 +118,19 @@ CONV_PRESETS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 class ConvEncoder(nn.Module):
-    """Conv layers (4×4 kernels for stride 2, 3×3 for stride 1) -> flattened features.
+    """Conv layers (4×4 kernels for stride 2, 3×3 for stride 1) -> flattened features, then
+    the ``dense`` layers (each with the activation).
 
-    A common MNIST recipe is channels (32, 64, 128) with strides (2, 2, 1) on 28×28 inputs.
+    A common MNIST recipe is channels (32, 64, 128) with strides (2, 2, 1) on 28×28 inputs; the
+    64×64 disentanglement network (Burgess et al. 2018, Locatello et al. 2019) is channels
+    (32, 32, 64, 64), strides 2, dense (256,).
     """
 
     channels: Sequence[int]
     strides: Sequence[int]
     activation: str = "relu"
     init: str = "lecun"
+    dense: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -135,12 +139,17 @@ class ConvEncoder(nn.Module):
             k = 4 if s == 2 else 3
             x = act(nn.Conv(ch, (k, k), strides=(s, s), padding="SAME",
                             **_conv_kwargs(self.init, k * k * x.shape[-1]))(x))
-        return x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], -1)
+        for width in self.dense:
+            x = act(Dense(width, self.init)(x))
+        return x
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: Dense to a small feature map, transposed convs up to
-    ``image_hw``, then a 3×3 conv to ``out_channels``."""
+    """Mirror of :class:`ConvEncoder`: the ``dense`` layers in reverse, Dense to a small
+    feature map, transposed convs up to ``image_hw``, then a 3×3 conv to ``out_channels``
+    (``head='conv'``), or with ``head='transpose'`` the last transposed conv gives the
+    ``out_channels`` directly (Burgess et al. 2018 / Locatello et al. 2019)."""
 
     channels: Sequence[int]  # the encoder's channels; used in reverse
     strides: Sequence[int]
@@ -148,10 +157,14 @@ class ConvDecoder(nn.Module):
     out_channels: int
     activation: str = "relu"
     init: str = "lecun"
+    dense: Sequence[int] = ()
+    head: str = "conv"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
+        for width in reversed(tuple(self.dense)):
+            z = act(Dense(width, self.init)(z))
         down = 2 ** sum(1 for s in self.strides if s == 2)
         h, w = self.image_hw
         if h % down or w % down:
@@ -159,9 +172,34 @@ class ConvDecoder(nn.Module):
         ch = list(reversed(self.channels))
         x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
         x = x.reshape(z.shape[0], h // down, w // down, ch[0])
-        for out_ch, s in zip(ch[1:] + [ch[-1]], reversed(self.strides)):
+        last = self.out_channels if self.head == "transpose" else ch[-1]
+        for i, (out_ch, s) in enumerate(zip(ch[1:] + [last], reversed(self.strides))):
             k = 4 if s == 2 else 3
-            x = act(nn.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME",
-                                     **_conv_kwargs(self.init, k * k * x.shape[-1]))(x))
+            x = nn.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME",
+                                 **_conv_kwargs(self.init, k * k * x.shape[-1]))(x)
+            if self.head == "transpose" and i == len(ch) - 1:
+                return x
+            x = act(x)
         return nn.Conv(self.out_channels, (3, 3), padding="SAME",
                        **_conv_kwargs(self.init, 9 * x.shape[-1]))(x)
+
+
+class Discriminator(nn.Module):
+    """An MLP classifier: Dense layers with LeakyReLU (slope 0.2), then ``classes`` logits
+    (FactorVAE's discriminator, Kim & Mnih 2018: 6 layers of 1000 units)."""
+
+    hidden: Sequence[int]
+    classes: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden:
+            x = nn.leaky_relu(nn.Dense(width)(x), 0.2)
+        return nn.Dense(self.classes)(x)
+
+
+def discriminator_of(params) -> Discriminator:
+    """The :class:`Discriminator` whose parameters are ``params`` (widths read off the kernels)."""
+    layers = sorted(params, key=lambda n: int(n.rsplit("_", 1)[-1]))
+    widths = [params[n]["kernel"].shape[1] for n in layers]
+    return Discriminator(tuple(widths[:-1]), widths[-1])

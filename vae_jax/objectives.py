@@ -118,3 +118,91 @@ def iwae_loss(terms, step, hp, cfg):
 
 OBJECTIVES.register("elbo", elbo_loss)
 OBJECTIVES.register("iwae", iwae_loss)
+
+
+# --- Total correlation: β-TCVAE (Chen et al. 2018) and FactorVAE (Kim & Mnih 2018) -------------
+
+
+def log_importance_weights(batch_size: int, dataset_size: jax.Array, estimator: str) -> jax.Array:
+    """log w[i, j], the weight of q(z_i | x_j) in the estimate log q(z_i) ≈ log Σ_j w_ij q(z_i|x_j)
+    over a minibatch of B = ``batch_size`` from a dataset of N = ``dataset_size`` points.
+
+    'mws' (minibatch-weighted sampling): w_ij = 1 / B for every j, so that a batch holding the
+    whole dataset gives q(z) exactly. (Chen et al.'s equation and code use 1 / (N·B), which
+    shifts the estimate of TC = log q(z) − Σ_d log q(z_d) by the constant (d − 1)·log N: the
+    same gradients, a value offset by tens of nats.) 'mss' (minibatch-stratified
+    sampling, Chen et al. 2018, appendix C): x_i itself has weight 1/N, the other M = B − 1
+    points stand for the rest of the dataset, one of them (j = i + 1 mod B) with weight
+    (N − M) / (N·M) and the remaining M − 1 with 1/M each; every row sums to 1. Needs N ≥ B."""
+    n = jnp.asarray(dataset_size, jnp.float32)
+    b = batch_size
+    if estimator == "mws":
+        return jnp.full((b, b), -jnp.log(jnp.float32(b)))
+    if estimator != "mss":
+        raise ValueError(f"unknown total-correlation estimator {estimator!r}")
+    m = b - 1
+    eye = jnp.eye(b, dtype=bool)
+    nxt = jnp.roll(eye, 1, axis=1)  # [i, i + 1 mod B]
+    w = jnp.where(eye, 1.0 / n, jnp.where(nxt, (n - m) / (n * m), 1.0 / m))
+    return jnp.log(w)
+
+
+def aggregate_posterior_logs(z: jax.Array, mu: jax.Array, logvar: jax.Array, dataset_size,
+                             estimator: str = "mss") -> tuple[jax.Array, jax.Array]:
+    """Minibatch estimates of log q(z_i) and Σ_d log q(z_id) for the codes z [B, d] sampled from
+    the batch's own posteriors N(mu, exp(logvar)) [B, d], where q(z) = E_x q(z|x) is the
+    aggregate posterior; each [B]."""
+    # log N(z_i,d; mu_j,d, var_j,d): [B (sample i), B (posterior j), d]
+    per_dim = -0.5 * (jnp.square(z[:, None] - mu[None]) * jnp.exp(-logvar[None]) + logvar[None]
+                      + jnp.log(2 * jnp.pi))
+    log_w = log_importance_weights(z.shape[0], dataset_size, estimator)
+    log_qz = jax.scipy.special.logsumexp(log_w + per_dim.sum(-1), axis=1)
+    log_prod = jnp.sum(jax.scipy.special.logsumexp(log_w[..., None] + per_dim, axis=1), -1)
+    return log_qz, log_prod
+
+
+def total_correlation(z, mu, logvar, dataset_size, estimator: str = "mss") -> jax.Array:
+    """The minibatch estimate of TC = KL(q(z) || Π_d q(z_d)) = E_q[log q(z) − Σ_d log q(z_d)]."""
+    log_qz, log_prod = aggregate_posterior_logs(z, mu, logvar, dataset_size, estimator)
+    return jnp.mean(log_qz - log_prod)
+
+
+def _tc_inputs(terms, hp, name):
+    if "_z" not in terms:
+        raise ValueError(f"objective {name!r} needs the family's codes (terms '_z', '_mu', "
+                         f"'_logvar'); the 'vae' family gives them")
+    return terms["_z"][0], terms["_mu"], terms["_logvar"]
+
+
+def beta_tcvae_loss(terms, step, hp, cfg):
+    """recon + α·MI + β·TC + γ·dimension-wise KL with α = γ = 1 (Chen et al. 2018), written as
+    recon + KL + (β − 1)·TC: the closed-form KL stands for its sampled decomposition MI + TC +
+    dimension-wise KL (equal in expectation, lower variance). TC by ``cfg.tc_estimator`` over the
+    minibatch, N = ``hp['dataset_size']`` (the training split's size, from the data)."""
+    if "dataset_size" not in hp:
+        raise ValueError("objective 'beta_tcvae' needs the training set size (hp['dataset_size'])")
+    z, mu, logvar = _tc_inputs(terms, hp, "beta_tcvae")
+    tc = total_correlation(z, mu, logvar, hp["dataset_size"], cfg.tc_estimator)
+    loss = jnp.mean(terms["recon"]) + jnp.mean(terms["kl"]) + (hp["beta"] - 1.0) * tc
+    return loss, {"tc": tc, "beta": hp["beta"]}
+
+
+def factorvae_loss(terms, step, hp, cfg):
+    """recon + KL + γ·TC (Kim & Mnih 2018; γ = ``beta``), TC ≈ E_q[log D(z) / (1 − D(z))] from
+    the discriminator (the family's ``tc_discriminator`` term, given its auxiliary)."""
+    if "tc_discriminator" not in terms:
+        raise ValueError("objective 'factorvae' needs the discriminator's estimate "
+                         "(terms['tc_discriminator']): train it as the family's auxiliary")
+    tc = jnp.mean(terms["tc_discriminator"])
+    return jnp.mean(terms["recon"]) + jnp.mean(terms["kl"]) + hp["beta"] * tc, {"beta": hp["beta"]}
+
+
+def permute_dims(key: jax.Array, z: jax.Array) -> jax.Array:
+    """Each column of z [B, d] shuffled independently across the batch: a sample of Π_d q(z_d)
+    (Kim & Mnih 2018, algorithm 1)."""
+    keys = jax.random.split(key, z.shape[1])
+    return jax.vmap(lambda k, col: jax.random.permutation(k, col), in_axes=(0, 1), out_axes=1)(keys, z)
+
+
+OBJECTIVES.register("beta_tcvae", beta_tcvae_loss)
+OBJECTIVES.register("factorvae", factorvae_loss)

@@ -201,8 +201,9 @@ def _train_and_evaluate(cfg, workdir, on_epoch_end, members, names, stacked) -> 
     mesh, devices = setup_devices(cfg, len(members) if stacked else 0)
     # fails before compiling
     strategy = experiment.resolve_strategy(cfg.population.strategy, mesh.shape["data"]) if stacked else None
-    exp = Experiment.build(members[0], ds.image_shape, mesh)  # structure shared by all members
-    exps = [exp] + [Experiment.build(m, ds.image_shape) for m in members[1:]]
+    n_train = len(ds.train_images)
+    exp = Experiment.build(members[0], ds.image_shape, mesh, n_train)  # structure shared by all members
+    exps = [exp] + [Experiment.build(m, ds.image_shape, num_train=n_train) for m in members[1:]]
 
     ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints)
     if main:

@@ -11,8 +11,11 @@ Logged per member: the KL contribution to the training loss (``kl_contribution``
 tables) and, after training, the interpolation smoothness of seed 004 (mean squared difference
 between successive decoded images on 10-point posterior-mean paths between test pairs,
 ``interpolation_smoothness``; ``interpolation_jump_ratio`` normalises it by a linear
-cross-fade), plus active units and collapsed dimensions. Plots: rate_distortion.png,
-kl_contribution_vs_beta.png, interpolation_smoothness_vs_beta.png, elbo_vs_beta.png. The decoder
+cross-fade), plus active units and collapsed dimensions, and the class overlap in latent space
+(``class_overlap``: linear-probe and 5-NN test accuracy on the test posterior means, split
+half/half, and their silhouette score by class; lower = classes overlap more). Plots:
+rate_distortion.png, kl_contribution_vs_beta.png, interpolation_smoothness_vs_beta.png,
+elbo_vs_beta.png, class_overlap_vs_beta.png. The decoder
 is a density on [-1, 1], so its nats are not comparable with Bernoulli nats on MNIST.
 
 On 2 CPU cores this is many hours; for a quick look add --config.train.num_epochs=5.
@@ -27,7 +30,7 @@ BASE = pathlib.Path(__file__).resolve().parents[1] / "fashion_conv.py"
 
 def get_config():
     c = load_config_file(BASE)
-    c.population.evaluators = ("collapse", "smoothness")
+    c.population.evaluators = ("collapse", "smoothness", "class_overlap")
     c.eval.interpolation_steps = 10
     return c
 

@@ -3,6 +3,9 @@
 Sources, by ``config.data.name``:
 
 - ``digits`` (scikit-learn, 8x8): offline with no setup.
+- ``dsprites_generated``: the dSprites factor grid rendered offline (:mod:`vae_jax.data.sprites`),
+  a seeded subset of ``num_train`` / ``num_test`` grid points; labels are the shape class and the
+  five factors come as ``label_*`` / ``value_*`` (the TFDS ``dsprites`` names).
 - ``folder`` / ``array``: a researcher's own images (``config.data.path``), see
   :mod:`vae_jax.data.files`.
 - any other name: a TFDS image dataset (``mnist``, ``fashion_mnist``, ``binarized_mnist``,
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vae_jax.data import files, images as images_lib, tfds_source
+from vae_jax.data import files, images as images_lib, sprites, tfds_source
 from vae_jax.data.core import (STORAGES, DataError, Dataset, batched, binarize, check, epoch_order,
                                prepare, scale, to_float, to_unit, unit_float32)
 from vae_jax.data.images import CHANNELS
@@ -31,10 +34,13 @@ __all__ = ["CHANNELS", "DATASETS", "STORAGES", "DataError", "Dataset", "batched"
            "epoch_order", "load", "prepare", "scale", "to_float", "to_unit"]
 
 # names with their own loaders or fixed metadata; any other name is looked up in TFDS
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array",
+                             "dsprites_generated")
 OWN_FILES = ("folder", "array")
+GENERATED = ("dsprites_generated",)  # rendered here; num_train / num_test pick a subset
 _NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "binarized_mnist": None}
 _DIGITS_TRAIN = 1500  # of 1797; the remaining 297 are the test split
+_SPRITES_TEST = 15_000  # default test split of dsprites_generated: DCI's 10,000 + 5,000 points
 _OWN_SPLIT_SEED = 0  # the fixed permutation that holds out an own dataset's test images
 _check = check  # the name tests and older callers use
 
@@ -42,7 +48,7 @@ _check = check  # the name tests and older callers use
 def load(name: str, *, train_split: str | None = None, test_split: str | None = None,
          data_dir: str | None = None, manual_dir: str | None = None, path: str | None = None,
          image_size: int = 0, crop: int = 0, channels: str = "keep", storage: str = "float32",
-         test_fraction: float = 0.1) -> Dataset:
+         test_fraction: float = 0.1, num_train: int = 0, num_test: int = 0) -> Dataset:
     """Loads dataset ``name`` fully into host memory; raises DataError in one line.
 
     ``storage='uint8'`` keeps the training images of 8-bit sources as uint8 (float sources and
@@ -54,7 +60,17 @@ def load(name: str, *, train_split: str | None = None, test_split: str | None = 
     shape_kw = dict(image_size=image_size, crop=crop, channels=channels)
     binary = name == "binarized_mnist"
     train_f = test_f = None
-    if name == "digits":
+    if name not in GENERATED and (num_train or num_test):
+        raise DataError(f"num_train / num_test choose a subset of a generated dataset "
+                        f"({', '.join(GENERATED)}), not of {name!r}; use split syntax instead")
+    if name in GENERATED:
+        if not images_lib.is_identity(**shape_kw):
+            raise DataError(f"{name} is 64x64 binary: config.data.image_size, crop and channels "
+                            f"do not apply to it")
+        (train_x, train_y, train_f), (test_x, test_y, test_f) = _load_sprites(
+            train_split, test_split, num_train, num_test)
+        num_classes = len(sprites.SHAPES)
+    elif name == "digits":
         if not images_lib.is_identity(**shape_kw):
             raise DataError("digits is 8x8 grey: config.data.image_size, crop and channels do "
                             "not apply to it")
@@ -95,6 +111,22 @@ def _load_digits(train_split, test_split):
     order = np.random.default_rng(0).permutation(len(images))
     train, test = order[:_DIGITS_TRAIN], order[_DIGITS_TRAIN:]
     return (images[train], labels[train]), (images[test], labels[test])
+
+
+def _load_sprites(train_split, test_split, num_train, num_test):
+    """The splits of ``dsprites_generated`` as uint8 images (0 / 255), shape labels, factors."""
+    if (train_split, test_split) != ("train", "test"):
+        raise DataError(f"dsprites_generated has only the splits 'train'/'test' (sizes from "
+                        f"config.data.num_train / num_test), got {train_split!r}/{test_split!r}")
+    try:
+        idx = sprites.split_indices(num_train, num_test or _SPRITES_TEST, _OWN_SPLIT_SEED)
+    except ValueError as e:
+        raise DataError(f"dsprites_generated: {e}") from None
+    out = []
+    for i in idx:
+        c = sprites.classes_of(i)
+        out.append((sprites.render(c) * np.uint8(255), c[:, 0].copy(), sprites.factors(c)))
+    return out
 
 
 def _load_own(name, path, train_split, test_split, test_fraction, shape_kw):

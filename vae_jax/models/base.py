@@ -103,6 +103,8 @@ class Family:
     def describe(self, cfg: Config) -> str:
         m = cfg.model
         net = "-".join(map(str, m.hidden if m.network == "mlp" else m.conv_channels))
+        if m.network == "conv" and m.conv_dense:
+            net += " dense " + "-".join(map(str, m.conv_dense))
         return f"{m.family} {m.network} {net} {m.activation}, " + self.describe_latents(cfg)
 
     def describe_latents(self, cfg: Config) -> str:

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import optax
 
 import jax.numpy as jnp
 
 from vae_jax import likelihoods, networks, objectives
 from vae_jax.config import ModelConfig
-from vae_jax.models.base import Family, register
+from vae_jax.models.base import Auxiliary, Family, register
 
 
 def make_encoder(cfg: ModelConfig) -> nn.Module:
     if cfg.network == "conv":
-        return networks.ConvEncoder(cfg.conv_channels, cfg.conv_strides, cfg.activation, cfg.init)
+        return networks.ConvEncoder(cfg.conv_channels, cfg.conv_strides, cfg.activation, cfg.init,
+                                    cfg.conv_dense)
     return networks.MLP(cfg.hidden, cfg.activation, cfg.init)
 
 
@@ -23,7 +25,7 @@ def make_decoder(cfg: ModelConfig, image_shape: tuple[int, int, int], out_channe
     hw = tuple(image_shape[:2])
     if cfg.network == "conv":
         return networks.ConvDecoder(cfg.conv_channels, cfg.conv_strides, hw, out_channels,
-                                    cfg.activation, cfg.init)
+                                    cfg.activation, cfg.init, cfg.conv_dense, cfg.conv_head)
     return networks.MLPDecoder(tuple(reversed(cfg.hidden)), hw, out_channels, cfg.activation, cfg.init)
 
 
@@ -62,11 +64,38 @@ class VAEFamily(Family):
         return VAE(cfg.model, tuple(image_shape))
 
     def terms(self, model, params, batch, key, num_samples, aux=None):
-        """Per-example ELBO terms of ``batch['image']`` under ``params``, and the log importance
-        weights log p(x, z_l) − log q(z_l|x) of the L samples."""
+        """Per-example ELBO terms of ``batch['image']`` under ``params``, the log importance
+        weights log p(x, z_l) − log q(z_l|x) of the L samples, and the codes and posteriors
+        (``_z`` [L, B, d], ``_mu``, ``_logvar``) for total-correlation objectives; with a
+        ``discriminator`` auxiliary, its per-example TC estimate ``tc_discriminator``."""
         x = batch["image"]
         out = model.apply({"params": params}, x, num_samples, rngs={"noise": key})
-        return gaussian_terms(model.cfg, x, out)
+        t = gaussian_terms(model.cfg, x, out)
+        t.update(_z=out["z"], _mu=out["mu"], _logvar=out["logvar"])
+        if aux and "discriminator" in aux:
+            t["tc_discriminator"] = tc_logit(aux["discriminator"], out["z"][0])
+        return t
+
+    def auxiliaries(self, cfg):
+        """objective 'factorvae': the discriminator between codes z ~ q(z) and their
+        dimension-wise permutations (a sample of Π_d q(z_d)), Adam(lr, β1 0.5, β2 0.9) as Kim
+        & Mnih 2018. Class 0 = from q(z), class 1 = permuted."""
+        o = cfg.objective
+        if o.name != "factorvae":
+            return {}
+        disc = networks.Discriminator(o.discriminator_hidden)
+        d = cfg.model.latent_dim
+
+        def loss(p, batch, terms, key):
+            z = terms["_z"][0]
+            zp = objectives.permute_dims(key, z)
+            logits = disc.apply({"params": p}, jnp.concatenate([z, zp]))
+            target = jnp.concatenate([jnp.zeros(len(z), jnp.int32), jnp.ones(len(z), jnp.int32)])
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, target))
+
+        return {"discriminator": Auxiliary(
+            init=lambda key, batch: disc.init(key, jnp.zeros((1, d), jnp.float32))["params"],
+            loss=loss, optimizer=optax.adam(o.discriminator_lr, b1=0.5, b2=0.9))}
 
     def proposal(self, model, params, batch):
         return self.encode(model, params, batch)  # the encoder runs once per batch
@@ -83,6 +112,13 @@ class VAEFamily(Family):
 
 
 register(VAEFamily())
+
+
+def tc_logit(disc_params, z: jax.Array) -> jax.Array:
+    """log D(z) / (1 − D(z)) per code [B] for the discriminator's parameters (logit of class 0
+    minus class 1): its estimate of log q(z) − log Π_d q(z_d), whose mean estimates the TC."""
+    logits = networks.discriminator_of(disc_params).apply({"params": disc_params}, z)
+    return logits[:, 0] - logits[:, 1]
 
 
 def gaussian_terms(cfg: ModelConfig, x: jax.Array, out: dict[str, jax.Array],
