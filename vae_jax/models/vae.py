@@ -99,12 +99,16 @@ class VAEFamily(Family):
         return gaussian_terms(model.cfg, x, out, out.get("prior"))
 
     def proposal(self, model, params, batch):
-        # the encoder runs once per batch, and so does the VampPrior's pass over its pseudo-inputs
-        mu, logvar = self.encode(model, params, batch)
-        return mu, logvar, model.apply({"params": params}, method=model.prior)
+        # (μ, log σ²), and the learned prior's mixture when there is one: the encoder runs once
+        # per batch, and so does the VampPrior's pass over its pseudo-inputs
+        q = self.encode(model, params, batch)
+        if model.cfg.prior == "normal":
+            return q
+        return (*q, model.apply({"params": params}, method=model.prior))
 
     def log_weights(self, model, params, batch, q, key, n):
-        mu, logvar, mix = q
+        mu, logvar, *learned = q
+        mix = learned[0] if learned else None
         eps = jax.random.normal(key, (n, *mu.shape), mu.dtype)
         z = mu + jnp.exp(0.5 * logvar) * eps
         out = model.apply({"params": params}, z.reshape(-1, z.shape[-1]), method=model.decode)
