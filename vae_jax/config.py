@@ -27,6 +27,7 @@ NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "swish", "leaky_relu")
 INITS = ("lecun", "torch")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "laplace", "logistic")
+PRIORS = ("normal", "mog", "vamp")  # vae_jax.priors; a family lists those it supports (Family.priors)
 SCHEDULES = ("constant", "linear", "cyclical", "capacity")
 LABELLED = ("digits", "mnist", "fashion_mnist", "dsprites_generated")  # datasets with class labels
 DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "array",
@@ -178,6 +179,16 @@ class ModelConfig:
     # bf16 inside the loss (parameters, gradients and optimizer state stay float32; the
     # evaluators run in float32)
     compute_dtype: str = "float32"
+    # p(z) for the families that offer a choice (Family.priors; vae_jax.priors): 'normal' N(0, I)
+    # with the closed-form KL; 'mog' a learned mixture of prior_components diagonal Gaussians;
+    # 'vamp' the VampPrior, the mixture of the posteriors of prior_components learned
+    # pseudo-inputs (Tomczak & Welling 2018). The learned priors' KL is a Monte Carlo estimate
+    prior: str = "normal"
+    prior_components: int = 500  # K (Tomczak & Welling use 500 pseudo-inputs)
+    # 'vamp': pseudo-inputs start as N(mean, std²) per pixel in the model's input units (their
+    # MNIST values), and are clipped to the data range on every use (their hardtanh)
+    pseudo_init_mean: float = 0.05
+    pseudo_init_std: float = 0.01
     # every registered family's own section, as (family, section) pairs: cfg.model.<family>
     sections: tuple[tuple[str, Any], ...] = dataclasses.field(default_factory=lambda: tuple(
         (n, f.section()) for n, f in FAMILIES.items() if f.section is not None))
@@ -195,6 +206,12 @@ class ModelConfig:
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.init", self.init, INITS)
         _choice("model.likelihood", self.likelihood, LIKELIHOODS)
+        _choice("model.prior", self.prior, PRIORS)
+        _min_int("model.prior_components", self.prior_components, 1)
+        for f in ("pseudo_init_mean", "pseudo_init_std"):
+            v = getattr(self, f)
+            if not (math.isfinite(v) and (f == "pseudo_init_mean" or v >= 0)):
+                _fail(f"model.{f}", v, "must be a finite number" + (" >= 0" if f.endswith("std") else ""))
         _positive_ints("model.hidden", self.hidden, allow_empty=True)
         _positive_ints("model.conv_channels", self.conv_channels)
         _positive_ints("model.conv_strides", self.conv_strides)
@@ -501,6 +518,12 @@ class Config:
         if self.objective.name in TC_OBJECTIVES and self.model.family != "vae":
             _fail("objective.name", self.objective.name, f"estimates the total correlation of a "
                   f"single Gaussian latent layer: use model.family 'vae', not {self.model.family!r}")
+        if self.objective.name in TC_OBJECTIVES and self.model.prior != "normal":
+            _fail("objective.name", self.objective.name, "splits the KL to a factorised N(0, I) "
+                  f"prior: use model.prior 'normal', not {self.model.prior!r}")
+        if self.model.prior not in family.priors:
+            _fail("model.prior", self.model.prior, f"family '{self.model.family}' supports "
+                  f"{', '.join(family.priors)}")
         family.validate(self)
 
         if self.mesh.members not in (1, -1) and not self.population.members:

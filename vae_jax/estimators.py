@@ -57,6 +57,14 @@ def common_metadata(exp, ds: data.Dataset, epochs: int) -> dict[str, Any]:
     }
 
 
+def kl_note(cfg) -> str:
+    """How the KL term is computed: closed form, or by Monte Carlo under a learned prior."""
+    if cfg.model.prior == "normal":
+        return "closed-form KL"
+    return (f"Monte Carlo KL log q(z|x) − log p(z) at the same posterior samples (the "
+            f"{cfg.model.prior!r} prior has no closed-form KL)")
+
+
 def test_images(exp, ds: data.Dataset) -> jax.Array:
     """The evaluation split as the model sees it: fixed binarization (when dynamic), scaled."""
     key = stream(jax.random.key(exp.cfg.data.eval_binarization_seed), "eval_binarize")
@@ -105,7 +113,8 @@ class TestELBO:
 
     def metadata(self, epochs: int) -> dict[str, Any]:
         return dict(common_metadata(self.exp, self.ds, epochs),
-                    estimator=f"ELBO, {self.exp.cfg.eval.num_samples} posterior sample(s) per image")
+                    estimator=f"ELBO, {self.exp.cfg.eval.num_samples} posterior sample(s) per "
+                              f"image, {kl_note(self.exp.cfg)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ class Evaluator:
 
 EVALUATORS: dict[str, Evaluator] = {  # a new evaluator: one function and one line here
     "test_elbo": Evaluator(_test_elbo, lambda c: (
-        f"ELBO, {c.eval.num_samples} posterior sample(s) per image, closed-form KL")),
+        f"ELBO, {c.eval.num_samples} posterior sample(s) per image, " + estimators.kl_note(c))),
     "importance_sampling": Evaluator(_importance_sampling, lambda c: (
         f"importance sampling with q(z|x) as proposal, k={c.eval.k} samples per image in chunks "
         f"of {c.eval.chunk}, stable log-mean-exp; deterministic given seed {c.seed}, "

@@ -26,8 +26,9 @@ def reparameterize(key: jax.Array, mu: jax.Array, logvar: jax.Array, num_samples
 def elbo_terms(log_px: jax.Array, kl_per_dim: jax.Array) -> dict[str, jax.Array]:
     """Per-example terms from log p(x|z) for L samples ([L, B]) and the KL per dimension ([B, d]).
 
-    ``recon`` is the Monte Carlo estimate of −E_q[log p(x|z)] (a cost, in nats), ``kl`` the
-    closed-form KL, ``elbo`` = −recon − kl.
+    ``recon`` is the Monte Carlo estimate of −E_q[log p(x|z)] (a cost, in nats), ``kl`` the sum
+    of ``kl_per_dim`` (the closed-form KL, or a Monte Carlo estimate under a learned prior,
+    ``vae_jax.priors``), ``elbo`` = −recon − kl.
     """
     recon = -jnp.mean(log_px, axis=0)
     kl = jnp.sum(kl_per_dim, axis=-1)

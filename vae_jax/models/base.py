@@ -20,6 +20,8 @@ registers an instance: ``register(MyFamily())``. Nothing else in the package nam
   ``latent_sizes`` -> the sizes of those layers in ``kl_per_dim``'s order.
 - ``decode(z, y)`` -> likelihood parameters; ``sample_prior(key, n, y)`` -> n codes from the
   prior (``y``: labels, for conditional families; None otherwise).
+- ``priors``: the ``model.prior`` choices the family implements (``vae_jax.priors``); with a
+  learned prior, ``terms``, ``log_weights`` and ``sample_prior`` all use it.
 - ``describe(cfg)``: the architecture in one line, for every reported number.
 - ``auxiliaries(cfg)``: extra networks with their own loss and optimizer, trained in the same
   compiled step (:class:`Auxiliary`).
@@ -56,6 +58,7 @@ class Family:
     section: type | None = None
     conditional: bool = False  # needs batch["label"]
     has_kl: bool = True  # a stochastic encoder and a KL term (β, schedules, free bits, IWAE apply)
+    priors: tuple[str, ...] = ("normal",)  # the model.prior values it implements (vae_jax.priors)
 
     def build(self, cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
         raise NotImplementedError
