@@ -139,8 +139,9 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of :class:`ConvEncoder`: Dense to a small feature map, transposed convs up to
-    ``image_hw``, then a 3×3 conv to ``out_channels``."""
+    """Mirror of :class:`ConvEncoder`: Dense to a small feature map (or, for an input that is
+    already a map [B, h, w, D] at the encoder's output size, a 3×3 conv), transposed convs up
+    to ``image_hw``, then a 3×3 conv to ``out_channels``."""
 
     channels: Sequence[int]  # the encoder's channels; used in reverse
     strides: Sequence[int]
@@ -157,8 +158,11 @@ class ConvDecoder(nn.Module):
         if h % down or w % down:
             raise ValueError(f"image size {h}x{w} is not divisible by the conv downsampling {down}")
         ch = list(reversed(self.channels))
-        x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
-        x = x.reshape(z.shape[0], h // down, w // down, ch[0])
+        if z.ndim == 4:
+            x = act(nn.Conv(ch[0], (3, 3), padding="SAME", **_conv_kwargs(self.init, 9 * z.shape[-1]))(z))
+        else:
+            x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
+            x = x.reshape(z.shape[0], h // down, w // down, ch[0])
         for out_ch, s in zip(ch[1:] + [ch[-1]], reversed(self.strides)):
             k = 4 if s == 2 else 3
             x = act(nn.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME",
