@@ -16,6 +16,7 @@ from scipy.special import expit, log_expit
 from conftest import tiny
 from vae_jax import estimators, experiment, pixelcnn
 from vae_jax.config import ConfigError
+from vae_jax.models import pixelcnn_vae
 
 
 def test_raster_masks_by_hand():
@@ -30,7 +31,7 @@ def test_raster_masks_by_hand():
 def _dependence(apply, x):
     """[H·W (outputs), H·W (inputs)]: whether any output channel at position t has a nonzero
     gradient with respect to any input channel at position s (one image)."""
-    jac = jax.jacrev(lambda a: apply(a[None])[0])(x)  # [H, W, Co, H, W, Ci]
+    jac = jax.jit(jax.jacrev(lambda a: apply(a[None])[0]))(x)  # [H, W, Co, H, W, Ci]
     h, w = x.shape[:2]
     return np.abs(np.asarray(jac)).reshape(h * w, -1, h * w, x.shape[-1]).sum((1, 3)) > 0
 
@@ -40,24 +41,24 @@ class _OneStack(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = pixelcnn.MaskedConv(4, pixelcnn._mask(pixelcnn.raster_mask(3, 3, "A")))(x)
-        for _ in range(4):
-            x = pixelcnn.MaskedConv(4, pixelcnn._mask(pixelcnn.raster_mask(3, 3, "B")))(jnp.tanh(x))
+        x = pixelcnn.MaskedConv(2, pixelcnn._mask(pixelcnn.raster_mask(3, 3, "A")))(x)
+        for _ in range(3):
+            x = pixelcnn.MaskedConv(2, pixelcnn._mask(pixelcnn.raster_mask(3, 3, "B")))(jnp.tanh(x))
         return x
 
 
-H = W = 5
+H = W = 4
 PAST = np.tril(np.ones((H * W, H * W), bool), -1)  # [t, s]: s strictly before t in raster order
 
 
 @pytest.mark.parametrize("cond", [None, "vector", "map"])
 def test_gated_pixelcnn_sees_exactly_the_past(cond):
-    """Output (i, j) depends on every input pixel before it (no blind spot: 5 layers of 3×3
-    cover a 5×5 image) and on no pixel at or after it, whatever the conditioning."""
+    """Output (i, j) depends on every input pixel before it (no blind spot: 4 layers of 3×3
+    cover a 4×4 image) and on no pixel at or after it, whatever the conditioning."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(H, W, 2)), jnp.float32)
     c = {None: None, "vector": jnp.ones((1, 3)), "map": jnp.asarray(rng.normal(size=(1, H, W, 3)), jnp.float32)}[cond]
-    net = pixelcnn.GatedPixelCNN(channels=4, layers=5, kernel=3, out_features=3)
+    net = pixelcnn.GatedPixelCNN(channels=2, layers=4, kernel=3, out_features=3)
     params = net.init(jax.random.key(0), x[None], c)
     dep = _dependence(lambda a: net.apply(params, a, c), x)
     np.testing.assert_array_equal(dep, PAST)
@@ -69,8 +70,8 @@ def test_one_stack_pixelcnn_never_sees_the_future_but_has_a_blind_spot():
     params = net.init(jax.random.key(1), x[None])
     dep = _dependence(lambda a: net.apply(params, a), x)
     assert not (dep & ~PAST).any()  # nothing at or after the pixel itself
-    # the blind spot (van den Oord et al. 2016): pixel (2, 2) never sees (1, 4), up and right
-    assert PAST[2 * W + 2, 1 * W + 4] and not dep[2 * W + 2, 1 * W + 4]
+    # the blind spot (van den Oord et al. 2016): pixel (2, 1) never sees (1, 3), up and right
+    assert PAST[2 * W + 1, 1 * W + 3] and not dep[2 * W + 1, 1 * W + 3]
 
 
 def test_ancestral_sampling_reproduces_a_constructed_image():
@@ -135,69 +136,75 @@ def test_categorical_log_prob_by_hand():
 # The autoregressive-decoder VAE
 
 
+N_IS = 400  # importance samples per image
+
+
 @pytest.fixture(scope="module")
 def ar_vae():
+    """A tiny model on 4 random binary 8×8 images, its q(z|x), N_IS log-weights per image, the
+    importance-sampled log p(x) from the same samples and 200-sample ELBO terms (one compile)."""
     cfg = tiny("mnist_pixelcnn_vae", model=dict(latent_dim=3, pixelcnn_vae=dict(channels=8, layers=3)))
     exp = experiment.Experiment.build(cfg, (8, 8, 1))
-    params = exp.init_state().params
-    x = np.asarray(experiment.load_data(cfg).test_images[:4], np.float32)
-    x = (np.random.default_rng(0).random(x.shape) < x).astype(np.float32)  # binarized
-    return exp, params, {"image": jnp.asarray(x)}
+    fam, model = exp.family, exp.model
+    params = jax.jit(lambda: fam.init(model, {"params": jax.random.key(0), "noise": jax.random.key(1)},
+                                      {"image": jnp.zeros((1, 8, 8, 1))}))()
+    x = (np.random.default_rng(0).random((4, 8, 8, 1)) < 0.3).astype(np.float32)
+    batch = {"image": jnp.asarray(x)}
+    key = jax.random.key(2)
+
+    @jax.jit
+    def run(p, b):
+        q = fam.proposal(model, p, b)
+        lw = fam.log_weights(model, p, b, q, jax.random.fold_in(key, 0), N_IS)
+        log_px = estimators.importance_log_px(estimators.inference(exp), p, b, key, N_IS, N_IS)[0]
+        return q, lw, log_px, fam.terms(model, p, b, jax.random.key(3), 200)
+
+    q, lw, log_px, many = jax.device_get(run(params, batch))
+    return dict(exp=exp, params=params, x=x, key=jax.random.fold_in(key, 0), q=q, lw=np.asarray(lw, np.float64),
+                log_px=np.asarray(log_px, np.float64), many=many)
 
 
 def test_log_weights_match_a_direct_computation(ar_vae):
-    exp, params, batch = ar_vae
-    fam, model = exp.family, exp.model
-    q = fam.proposal(model, params, batch)
-    key = jax.random.key(7)
-    lw = np.asarray(fam.log_weights(model, params, batch, q, key, 3))  # [3, B]
-    mu, logvar = (np.asarray(a, np.float64) for a in q)
-    eps = np.asarray(jax.random.normal(key, (3, *mu.shape)), np.float64)
+    exp, params, x = ar_vae["exp"], ar_vae["params"], ar_vae["x"]
+    model = exp.model
+    mu, logvar = (np.asarray(a, np.float64) for a in ar_vae["q"])
+    eps = np.asarray(jax.random.normal(ar_vae["key"], (N_IS, *mu.shape)), np.float64)[:3]
     z = mu + np.exp(0.5 * logvar) * eps
-    x = np.asarray(batch["image"], np.float64)
+    logits_of = jax.jit(lambda p, x, z: model.apply({"params": p}, x, z, method=model.logits))
     for l in range(3):
-        logits = np.asarray(model.apply({"params": params}, batch["image"], jnp.asarray(z[l], jnp.float32),
-                                        method=model.logits), np.float64)
+        logits = np.asarray(logits_of(params, jnp.asarray(x), jnp.asarray(z[l], jnp.float32)), np.float64)
         log_px_z = (x * log_expit(logits) + (1 - x) * log_expit(-logits)).reshape(len(x), -1).sum(-1)
         log_pz = stats.norm.logpdf(z[l]).sum(-1)
         log_q = stats.norm.logpdf(z[l], mu, np.exp(0.5 * logvar)).sum(-1)
-        np.testing.assert_allclose(lw[l], log_px_z + log_pz - log_q, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(ar_vae["lw"][l], log_px_z + log_pz - log_q, rtol=1e-4, atol=1e-3)
 
 
 def test_mean_log_weight_is_the_elbo_and_importance_sampling_lies_above(ar_vae):
-    exp, params, batch = ar_vae
-    fam, model = exp.family, exp.model
-    n = 1000
-    lw = np.asarray(fam.log_weights(model, params, batch, fam.proposal(model, params, batch),
-                                    jax.random.key(2), n), np.float64)
+    lw, log_px, many = ar_vae["lw"], ar_vae["log_px"], ar_vae["many"]
     # E_q[log w] = E_q[log p(x|z)] − KL = the ELBO of the terms (closed-form KL, recon by Monte
-    # Carlo over 500 samples): agreement within the Monte Carlo error of both
-    se = lw.std(0, ddof=1) / np.sqrt(n)
-    many = fam.terms(model, params, batch, jax.random.key(3), 500)
-    np.testing.assert_allclose(np.asarray(many["elbo"]), -np.asarray(many["recon"]) - np.asarray(many["kl"]),
-                               rtol=1e-6)
-    np.testing.assert_allclose(lw.mean(0), np.asarray(many["elbo"]), atol=6 * se.max() + 0.05)
-    log_px = np.asarray(jax.jit(lambda p, b, k: estimators.importance_log_px(
-        estimators.inference(exp), p, b, k, n, 100))(params, batch, jax.random.key(2))[0])
+    # Carlo over 200 samples): agreement within the Monte Carlo error of both
+    se = lw.std(0, ddof=1) / np.sqrt(N_IS)
+    np.testing.assert_allclose(many["elbo"], -many["recon"] - many["kl"], rtol=1e-6)
+    np.testing.assert_allclose(lw.mean(0), many["elbo"], atol=6 * se.max() + 0.05)
     # the same samples: log-mean-exp >= mean (Jensen); and above the ELBO
     assert np.all(log_px >= lw.mean(0) - 1e-4)
-    assert np.all(log_px >= np.asarray(many["elbo"]) - 6 * se)
+    assert np.all(log_px >= many["elbo"] - 6 * se)
 
 
-def test_decode_is_an_ancestral_sample_with_its_conditional_logits(ar_vae):
-    exp, params, _ = ar_vae
-    fam, model = exp.family, exp.model
+def test_ancestral_decoding_returns_the_conditional_logits_of_its_sample(ar_vae):
+    exp, params = ar_vae["exp"], ar_vae["params"]
+    model = exp.model
     z = jnp.asarray(np.random.default_rng(2).normal(size=(5, 3)), jnp.float32)
-    logits = np.asarray(jax.jit(lambda p, z: fam.decode(model, p, z))(params, z))
+
+    @jax.jit
+    def run(p, z):
+        x, logits = pixelcnn_vae.sample_logits(model, p, z, jax.random.key(11))
+        return x, logits, model.apply({"params": p}, x, z, method=model.logits)
+
+    x, logits, teacher_forced = (np.asarray(a) for a in run(params, z))
     assert logits.shape == (5, 8, 8, 1) and np.isfinite(logits).all()
-    from vae_jax.models import pixelcnn_vae
-    x, again = jax.jit(lambda p, z, k: pixelcnn_vae.sample_logits(model, p, z, k))(
-        params, z, jax.random.key(11))
-    x = np.asarray(x)
-    assert set(np.unique(x)) <= {0.0, 1.0}
-    # the returned logits are the model's teacher-forced logits on the sample itself
-    np.testing.assert_allclose(np.asarray(again), np.asarray(model.apply(
-        {"params": params}, jnp.asarray(x), z, method=model.logits)), rtol=1e-5, atol=1e-5)
+    assert set(np.unique(x)) <= {0.0, 1.0} and 0 < x.mean() < 1
+    np.testing.assert_allclose(logits, teacher_forced, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("field,value", [("likelihood", "gaussian"), ("pixelcnn_vae", {"kernel": 4})])

@@ -40,11 +40,10 @@ def get_config():
 
 def get_sweep():
     ar = {"model.family": "pixelcnn_vae"}
-    return Spec(
-        grid=[{**ar, "objective.schedule": "constant", "objective.free_bits": 0.0},
-              {**ar, "objective.schedule": "linear", "objective.free_bits": 0.0},
+    return Spec(  # runs in this order: the MLP decoder, then constant β with free bits 0, 1, 0.5, 0.25, warm-up
+        grid=[{"model.family": "vae", "objective.schedule": "constant", "objective.free_bits": 0.0},
               *({**ar, "objective.schedule": "constant", "objective.free_bits": lam}
-                for lam in (0.25, 0.5, 1.0)),
-              {"model.family": "vae", "objective.schedule": "constant", "objective.free_bits": 0.0}],
+                for lam in (0.0, 1.0, 0.5, 0.25)),
+              {**ar, "objective.schedule": "linear", "objective.free_bits": 0.0}],
         max_members=1,
     )
