@@ -14,30 +14,21 @@ The generic figures are off (the traversal figure would have one row per entry o
 code map); stage 2 writes the sample figures.
 """
 
-from vae_jax.config import base_config
+import pathlib
+
+from vae_jax.sweep import load_config_file
+
+BASE = pathlib.Path(__file__).resolve().parent / "mnist_vqvae.py"
 
 
 def get_config():
-    c = base_config()
-    c.data.name = "mnist"
-    c.data.scale = "symmetric"
-    c.model.family = "vqvae"
-    c.model.network = "conv"
-    c.model.conv_channels = (32, 64, 128)
-    c.model.conv_strides = (2, 2, 1)
+    c = load_config_file(BASE)  # 8-bit MNIST in [-1, 1], conv trunk, EMA codebook, logistic likelihood
     c.model.vqvae.spatial = True
     c.model.vqvae.num_codes = 64
-    c.model.vqvae.code_dim = 16
-    c.model.vqvae.commitment = 0.25
-    c.model.vqvae.ema = True
-    c.model.vqvae.decay = 0.99
     c.model.vqvae.prior_channels = 64
     c.model.vqvae.prior_layers = 5
     c.model.vqvae.prior_epochs = 10
     c.model.vqvae.prior_batch_size = 128
-    c.model.likelihood = "logistic"
-    c.optim.learning_rate = 1e-3
-    c.train.batch_size = 128
     c.train.num_epochs = 10
     c.train.figures = False
     c.eval.evaluators = ("test_elbo", "reconstruction")
