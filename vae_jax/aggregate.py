@@ -22,7 +22,9 @@ row of ``metrics.jsonl``. Written into DIR:
   ``class_overlap_vs_beta.png`` (linear-probe and k-NN accuracy, silhouette) when eval.json has
   them (``vae_jax.disentanglement``);
 - ``ablation.png``: test ELBO (mean ± std over seeds) per configuration, when the sweep varies
-  more than β and the seed.
+  more than β and the seed;
+- ``kl_per_dim.png``: each unit's test KL per latent dimension, sorted, with its free-bits floor
+  λ (``objective.free_bits``) when it has one, when eval.json holds the KL per dimension.
 
 When DIR holds a sweep plan (``sweep.json``), each planned run or member without a folder or a
 ``summary.json`` is reported: one warning line each on stderr and a note atop both tables.
@@ -53,9 +55,9 @@ TRAIN_KEYS = ("loss", "recon", "kl", "kl_contribution")
 IGNORED_FIELDS = ("population.", "data.manual_dir", "data.data_dir", "train.progress",
                   "train.figures", "data.shuffle_seed")
 METRICS = ("elbo", "recon", "kl", "beta_kl", "bits_per_dim", "nll", "is_bits_per_dim",
-           "active_units", "num_collapsed", "interpolation_smoothness", "interpolation_jump_ratio",
-           "train_loss", "train_kl_contribution", "bce_per_pixel", "mse_per_pixel",
-           *DISENTANGLEMENT, *OVERLAP)
+           "active_units", "num_collapsed", "kl_per_dim_min", "interpolation_smoothness",
+           "interpolation_jump_ratio", "train_loss", "train_kl_contribution", "bce_per_pixel",
+           "mse_per_pixel", *DISENTANGLEMENT, *OVERLAP)
 METRIC_LABELS = {"mig": "MIG", "dci_disentanglement": "DCI disentanglement",
                  "dci_completeness": "DCI completeness", "dci_informativeness": "DCI informativeness",
                  "sap": "SAP", "factor_vae_score": "FactorVAE score", "beta_vae_score": "β-VAE score",
@@ -166,6 +168,8 @@ def collect(workdir: str) -> tuple[list[dict[str, Any]], list[str]]:
                 row[k] = _number(ev[k])
         if row.get("is_log_px") is not None:
             row["nll"] = -row["is_log_px"]
+        if ev.get("kl_per_dim"):
+            row["kl_per_dim_min"] = float(min(ev["kl_per_dim"]))
         for k in TRAIN_KEYS:
             if k in tr:
                 row[f"train_{k}"] = _number(tr[k])
@@ -333,6 +337,8 @@ ABLATION_METRICS = {
     "nll": "test NLL, importance sampled [nats] (lower is better)",
     "mse_per_pixel": "reconstruction MSE per pixel in [0, 1] (lower is better)",
     "active_units": "active units",
+    "kl": "test KL [nats]",
+    "kl_per_dim_min": "smallest KL of a latent dimension [nats]",
 }
 
 
@@ -424,7 +430,44 @@ def aggregate(workdir: str) -> list[str]:
         p = _plot_ablation(os.path.join(workdir, "ablation.png"), groups, overrides)
         if p:
             written.append(p)
+    p = _plot_kl_per_dim(os.path.join(workdir, "kl_per_dim.png"), workdir, rows, overrides)
+    if p:
+        written.append(p)
     return written
+
+
+def _plot_kl_per_dim(path: str, workdir: str, rows: list[dict], overrides: list[str]) -> str | None:
+    """Sorted test KL per latent dimension of every unit whose eval.json has it, one line each,
+    with the unit's free-bits floor λ as a dashed line of the same colour."""
+    curves = []
+    for r in rows:
+        unit = os.path.join(workdir, r["run"], "members", r["member"]) if r["member"] else \
+            os.path.join(workdir, r["run"])
+        ev_path = os.path.join(unit, "eval.json")
+        ev = _read(ev_path) if os.path.exists(ev_path) else {}
+        if not ev.get("kl_per_dim"):
+            continue
+        lam = _flatten(_read(os.path.join(unit, "config.json"))).get("objective.free_bits") or 0.0
+        name = _label(r, overrides) + (f", seed={r['seed']}" if len({x.get("seed") for x in rows}) > 1 else "")
+        curves.append((name, sorted(ev["kl_per_dim"], reverse=True), float(lam)))
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (name, kl, lam) in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.plot(range(1, len(kl) + 1), kl, marker="o", ms=3, color=color, label=name)
+        if lam > 0:
+            ax.axhline(lam, color=color, ls="--", lw=0.8)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("latent dimension, sorted by KL")
+    ax.set_ylabel("test KL per dimension [nats]")
+    ax.set_title("KL per latent dimension (dashed: the free-bits floor λ)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 ``--mode train`` (default) trains and evaluates, resuming from the workdir's latest checkpoint;
 ``--mode eval`` restores the latest checkpoint and writes the test metrics and figures, under the
 config the run was trained with (only ``config.eval.*`` and data paths may differ, unless
-``--allow_config_change``). Config fields are overridden with ``--config.section.field=value``.
+``--allow_config_change``). ``--mode prior``: the second stage of a spatial VQ-VAE, a PixelCNN
+prior over its codes in ``<workdir>/prior`` (``vae_jax.code_prior``), resumable like training. Config fields are overridden with ``--config.section.field=value``.
 With ``population.members`` set, ``--mode train`` trains all members in one compiled program and
 ``--mode eval`` evaluates each.
 
@@ -23,12 +24,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vae_jax import checkpoint, config, data, evaluate, lock, sharding, train
+from vae_jax import checkpoint, code_prior, config, data, evaluate, lock, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, figures.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do with the workdir.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "prior"], "What to do with the workdir "
+                          "(prior: train a VQ-VAE's PixelCNN prior over codes after --mode train).")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False, "--mode eval: evaluate under the given "
                            "config even where it differs from the run's own config.json.")
 
@@ -77,6 +79,8 @@ def run(argv) -> int:
         sharding.initialize_distributed(cfg.mesh)  # multi-host launches only; before any device use
         if _MODE.value == "train":
             summary = train.train_and_evaluate(cfg, _WORKDIR.value)
+        elif _MODE.value == "prior":
+            summary = code_prior.train_prior(cfg, _WORKDIR.value)
         else:
             summary = evaluate.evaluate_workdir(cfg, _WORKDIR.value, allow_changes=_ALLOW.value)
     except checkpoint.CheckpointWriteError as e:

@@ -147,7 +147,8 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """Mirror of :class:`ConvEncoder`: the ``dense`` layers in reverse, Dense to a small
-    feature map, transposed convs up to ``image_hw``, then a 3×3 conv to ``out_channels``
+    feature map (or, for an input that is already a map [B, h, w, D] at the encoder's output
+    size, a 3×3 conv), transposed convs up to ``image_hw``, then a 3×3 conv to ``out_channels``
     (``head='conv'``), or with ``head='transpose'`` the last transposed conv gives the
     ``out_channels`` directly (Burgess et al. 2018 / Locatello et al. 2019)."""
 
@@ -163,15 +164,18 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
-        for width in reversed(tuple(self.dense)):
-            z = act(Dense(width, self.init)(z))
         down = 2 ** sum(1 for s in self.strides if s == 2)
         h, w = self.image_hw
         if h % down or w % down:
             raise ValueError(f"image size {h}x{w} is not divisible by the conv downsampling {down}")
         ch = list(reversed(self.channels))
-        x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
-        x = x.reshape(z.shape[0], h // down, w // down, ch[0])
+        if z.ndim == 4:
+            x = act(nn.Conv(ch[0], (3, 3), padding="SAME", **_conv_kwargs(self.init, 9 * z.shape[-1]))(z))
+        else:
+            for width in reversed(tuple(self.dense)):
+                z = act(Dense(width, self.init)(z))
+            x = act(Dense((h // down) * (w // down) * ch[0], self.init)(z))
+            x = x.reshape(z.shape[0], h // down, w // down, ch[0])
         last = self.out_channels if self.head == "transpose" else ch[-1]
         for i, (out_ch, s) in enumerate(zip(ch[1:] + [last], reversed(self.strides))):
             k = 4 if s == 2 else 3

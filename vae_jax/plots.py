@@ -51,6 +51,19 @@ def image_grid(images: np.ndarray, rows: int, cols: int, path: str, title: str =
     return _save(fig, path)
 
 
+def image_grids(panels: Sequence[tuple[np.ndarray, str]], rows: int, cols: int, path: str,
+                title: str = "") -> str:
+    """rows×cols grids side by side, one per (images, panel title), e.g. samples from two priors."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (cols * 0.6 + 0.4), rows * 0.6 + 0.9),
+                             squeeze=False)
+    for ax, (images, name) in zip(axes[0], panels):
+        _show(ax, tile(images, rows, cols))
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def reconstructions(inputs: np.ndarray, recons: np.ndarray, path: str) -> str:
     """Inputs (top row of each pair) against their reconstructions (bottom row)."""
     n = len(inputs)

@@ -7,7 +7,7 @@ family is one module that calls ``base.register`` (here or anywhere before the c
 from __future__ import annotations
 
 from vae_jax.config import FAMILIES
-from vae_jax.models import ae, cvae, hvae, tdvae, vae, vqvae  # noqa: F401  (registration)
+from vae_jax.models import ae, cvae, hvae, pixelcnn_vae, tdvae, vae, vqvae  # noqa: F401  (registration)
 from vae_jax.models.base import Auxiliary, Family, register  # noqa: F401
 
 

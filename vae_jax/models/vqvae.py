@@ -1,5 +1,7 @@
 """VQ-VAE (van den Oord et al. 2017): the encoder gives ``latent_dim`` vectors z_e of size
-``vqvae.code_dim`` per image, each replaced by its nearest code e_k of a learned codebook of
+``vqvae.code_dim`` per image (flat mode), or with ``vqvae.spatial`` one vector per position of
+the conv encoder's feature map (a 7×7 grid on 28×28 images, as in the paper, which quantizes a
+feature map), each replaced by its nearest code e_k of a learned codebook of
 ``vqvae.num_codes`` vectors; the decoder sees z_q = z_e + sg(e − z_e), so the forward pass uses the
 codes and the backward pass copies the decoder's gradient straight through to z_e.
 
@@ -18,8 +20,8 @@ The statistics start at N_k = 1, m_k = e_k (every code as if it had been assigne
 so the first updates move the codebook smoothly instead of jumping to one batch's means. The
 codebook always lives in ``params['codebook']``, so evaluation and figures need params only.
 
-As in the paper the prior over codes is uniform and the posterior a deterministic one-hot, so
-KL = ``latent_dim`` · log K and ``elbo`` = −recon − KL (a bound under that uniform prior; a
+During training the prior over codes is uniform and the posterior a deterministic one-hot, so
+KL = n · log K (n codes per image) and ``elbo`` = −recon − KL (a bound under that uniform prior; a
 learned autoregressive prior would tighten it). Logged per batch: codebook ``perplexity``
 exp(H(p)) of the code frequencies p, the fraction of codes used and the number of codes no
 vector in the batch chose (``dead_codes``), and the squared distance ||z_e − e||² per image.
@@ -27,7 +29,9 @@ vector in the batch chose (``dead_codes``), and the squared distance ||z_e − e
 Figures: ``encode`` returns the quantized codes flattened, (z_q, 0), and ``decode`` accepts code
 indices [B, n] (integers), quantized vectors [B, n, D] or their flattening [B, n·D];
 ``sample_prior`` draws uniform random codes, so generic figure code shows reconstructions,
-samples and interpolations.
+samples and interpolations. In spatial mode the decoder is the mirrored conv decoder starting
+from the quantized map itself, and a second stage (``vae_jax.code_prior``) fits a PixelCNN prior
+over the grid of codes to replace the uniform one for sampling.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ class VQVAEConfig:
     commitment: float = 0.25  # β of the commitment loss (van den Oord et al. 2017)
     ema: bool = False  # codebook by exponential moving averages instead of its loss
     decay: float = 0.99
+    spatial: bool = False  # one code per position of the conv encoder's map (latent_dim unused)
+    # the second stage (vae_jax.code_prior): a gated PixelCNN prior over the grid of codes
+    prior_channels: int = 64
+    prior_layers: int = 5
+    prior_kernel: int = 3
+    prior_epochs: int = 10
+    prior_batch_size: int = 128
+    prior_learning_rate: float = 1e-3
 
     def validate(self) -> None:
         config._min_int("model.vqvae.num_codes", self.num_codes, 2)
@@ -64,6 +76,14 @@ class VQVAEConfig:
             config._fail("model.vqvae.commitment", self.commitment, "must be a finite number >= 0")
         if not 0 < self.decay < 1:
             config._fail("model.vqvae.decay", self.decay, "must be in (0, 1)")
+        for f in ("prior_channels", "prior_layers", "prior_epochs", "prior_batch_size"):
+            config._min_int(f"model.vqvae.{f}", getattr(self, f), 1)
+        config._min_int("model.vqvae.prior_kernel", self.prior_kernel, 3)
+        if self.prior_kernel % 2 == 0:
+            config._fail("model.vqvae.prior_kernel", self.prior_kernel, "must be odd (a centred kernel)")
+        if not (self.prior_learning_rate > 0 and math.isfinite(self.prior_learning_rate)):
+            config._fail("model.vqvae.prior_learning_rate", self.prior_learning_rate,
+                         "must be a finite number > 0")
 
 
 def nearest_codes(z_e: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -100,7 +120,8 @@ class VQVAE(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.encoder = vae.make_encoder(cfg)
-        self.pre_quant = networks.Dense(cfg.latent_dim * cfg.vqvae.code_dim, cfg.init)
+        width = cfg.vqvae.code_dim if cfg.vqvae.spatial else cfg.latent_dim * cfg.vqvae.code_dim
+        self.pre_quant = networks.Dense(width, cfg.init)  # spatial: a 1×1 conv on the map
         # codes well inside the cloud of initial encoder outputs, so that nearest-neighbour
         # assignment follows their direction and many codes get used (fewer dead codes than
         # U(±1/K) or N(0, 1) initialisation)
@@ -109,13 +130,22 @@ class VQVAE(nn.Module):
         self.decoder = vae.make_decoder(
             cfg, self.image_shape, likelihoods.from_config(cfg).params_per_channel * self.image_shape[-1])
 
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """The codes of one image: (h, w) of the encoder's map in spatial mode, else (latent_dim,)."""
+        if self.cfg.vqvae.spatial:
+            return grid_shape(self.cfg, self.image_shape)
+        return (self.cfg.latent_dim,)
+
     def encode_continuous(self, x: jax.Array) -> jax.Array:
-        """z_e, [B, latent_dim, vqvae.code_dim]."""
-        h = self.pre_quant(self.encoder(x))
-        return h.reshape(x.shape[0], self.cfg.latent_dim, self.cfg.vqvae.code_dim)
+        """z_e, [B, *code_shape, vqvae.code_dim]."""
+        h = self.encoder(x)
+        if self.cfg.vqvae.spatial:  # the conv encoder's flattened map, back to [B, h, w, C]
+            h = h.reshape(x.shape[0], *self.code_shape, -1)
+        return self.pre_quant(h).reshape(x.shape[0], *self.code_shape, self.cfg.vqvae.code_dim)
 
     def encode_indices(self, x: jax.Array) -> jax.Array:
-        """Code indices [B, latent_dim]."""
+        """Code indices [B, *code_shape]."""
         return nearest_codes(self.encode_continuous(x), self.codebook)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -125,15 +155,20 @@ class VQVAE(nn.Module):
         return z, jnp.zeros_like(z)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """Likelihood parameters from code indices [B, n] (integer dtype), quantized vectors
-        [B, n, D] or their flattening [B, n·D]."""
+        """Likelihood parameters from code indices [B, *code_shape] or [B, n] (integer dtype),
+        quantized vectors [B, *code_shape, D] or their flattening [B, n·D]."""
         if jnp.issubdtype(z.dtype, jnp.integer):
             z = self.codebook[z]
+        return self._decode_vectors(z)
+
+    def _decode_vectors(self, z: jax.Array) -> jax.Array:
+        if self.cfg.vqvae.spatial:  # the map itself enters the conv decoder
+            return self.decoder(z.reshape(z.shape[0], *self.code_shape, self.cfg.vqvae.code_dim))
         return self.decoder(z.reshape(z.shape[0], -1))
 
     def sample_prior(self, key: jax.Array, n: int) -> jax.Array:
         """n draws from the uniform prior over codes, as flattened code vectors (decode them)."""
-        idx = jax.random.randint(key, (n, self.cfg.latent_dim), 0, self.cfg.vqvae.num_codes)
+        idx = jax.random.randint(key, (n, *self.code_shape), 0, self.cfg.vqvae.num_codes)
         return self.codebook[idx].reshape(n, -1)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -141,7 +176,16 @@ class VQVAE(nn.Module):
         # under EMA the codebook is set by post_update and must receive no gradient
         cb = jax.lax.stop_gradient(self.codebook) if self.cfg.vqvae.ema else self.codebook
         z_q, e, idx = quantize(z_e, cb)
-        return {"z_e": z_e, "e": e, "idx": idx, "params": self.decoder(z_q.reshape(x.shape[0], -1))}
+        return {"z_e": z_e, "e": e, "idx": idx, "params": self._decode_vectors(z_q)}
+
+
+def grid_shape(cfg: ModelConfig, image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(h, w) of the conv encoder's output map for images of ``image_shape`` ('SAME' padding:
+    every stride-2 layer halves the size, rounding up)."""
+    h, w = image_shape[:2]
+    for s in cfg.conv_strides:
+        h, w = -(-h // s), -(-w // s)
+    return h, w
 
 
 def sample_images(model: VQVAE, params, key: jax.Array, n: int) -> jax.Array:
@@ -160,17 +204,18 @@ def terms(model: VQVAE, params, batch: dict[str, jax.Array], key: jax.Array,
     out = model.apply({"params": params}, x)
     recon = -likelihoods.from_config(cfg).log_prob(out["params"], x)
     z_e, e = out["z_e"], out["e"]
-    per_image = lambda a: jnp.sum(jnp.square(a), axis=(-2, -1))  # noqa: E731
+    per_image = lambda a: jnp.sum(jnp.square(a).reshape(a.shape[0], -1), axis=-1)  # noqa: E731
     commitment = per_image(z_e - jax.lax.stop_gradient(e))
     extra = cfg.vqvae.commitment * commitment
     if not cfg.vqvae.ema:
         extra = extra + per_image(jax.lax.stop_gradient(z_e) - e)
     b = x.shape[0]
+    n = math.prod(out["idx"].shape[1:])  # codes per image
     log_k = math.log(cfg.vqvae.num_codes)
-    kl = jnp.full((b,), cfg.latent_dim * log_k, recon.dtype)
+    kl = jnp.full((b,), n * log_k, recon.dtype)
     stats = {k: jnp.broadcast_to(v, (b,)) for k, v in usage_stats(out["idx"], cfg.vqvae.num_codes).items()}
     return {"recon": recon, "kl": kl, "elbo": -recon - kl,
-            "kl_per_dim": jnp.full((b, cfg.latent_dim), log_k, recon.dtype),
+            "kl_per_dim": jnp.full((b, n), log_k, recon.dtype),
             "aux_loss": extra, "vq_sq_distance": jax.lax.stop_gradient(commitment), **stats,
             "_z_e": jax.lax.stop_gradient(z_e), "_idx": out["idx"]}
 
@@ -221,11 +266,20 @@ class VQVAEFamily(Family):
     def post_update(self, model, params, state, terms):
         return post_update(model, params, state, terms)
 
+    def validate(self, cfg):
+        if cfg.model.vqvae.spatial and cfg.model.network != "conv":
+            config._fail("model.vqvae.spatial", True, "quantizes the conv encoder's feature map: "
+                         "use model.network 'conv'")
+
     def sample_prior(self, model, params, key, n, y=None):
         return model.apply({"params": params}, key, n, method=model.sample_prior)
 
     def describe_latents(self, cfg):
         m = cfg.model
+        if m.vqvae.spatial:
+            down = 2 ** sum(s == 2 for s in m.conv_strides)
+            return (f"a grid of codes (one per position of the encoder map, 1/{down} of the image "
+                    f"size) from {m.vqvae.num_codes} x {m.vqvae.code_dim}")
         return f"{m.latent_dim} codes from {m.vqvae.num_codes} x {m.vqvae.code_dim}"
 
 
