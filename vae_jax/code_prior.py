@@ -41,7 +41,6 @@ from vae_jax import checkpoint, data, estimators, evaluate, experiment, lock, pi
 from vae_jax.config import Config, ConfigError
 from vae_jax.metrics import MetricWriter
 from vae_jax.rng import stream
-from vae_jax.train import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def _train_prior(cfg, workdir, folder, on_epoch_end):
             step = int(state.step)
             nats = float(jnp.mean(losses))
             if not math.isfinite(nats):
-                raise NonFiniteLossError(f"prior: non-finite loss {nats} in epoch {epoch + 1}; the "
+                raise experiment.NonFiniteLossError(f"prior: non-finite loss {nats} in epoch {epoch + 1}; the "
                                          f"last good checkpoint is kept")
             writer.write(step, "train", {"bits_per_code": nats / math.log(2.0)})
             writer.write(step, "test", {"bits_per_code": bits_per_code(net, state.params, test_codes)})

@@ -33,6 +33,10 @@ from vae_jax.config import Config, ConfigError, OptimConfig, batchable_paths, me
 from vae_jax.rng import stream
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf; the message names the step and the metric."""
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken

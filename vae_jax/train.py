@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import checkpoint, estimators, evaluate, experiment, figures, lock, sharding
+from vae_jax.experiment import NonFiniteLossError  # noqa: F401  (train.NonFiniteLossError)
 from vae_jax.data import stream
 from vae_jax.config import Config, ConfigError, member_names
 from vae_jax.experiment import Experiment, member
@@ -39,10 +40,6 @@ from vae_jax.metrics import MetricWriter
 log = logging.getLogger(__name__)
 
 MEMBERS_DIR = "members"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/Inf; the message names the step and the metric."""
 
 
 def check_finite(metrics: dict[str, np.ndarray], first_step: int, names: list[str]) -> None:
