@@ -30,10 +30,13 @@ def tiny(name: str = "quickstart", **sections) -> config_lib.Config:
     c.data.manual_dir = ""
     c.data.test_split = ""
     c.data.image_size, c.data.crop, c.data.channels = 0, 0, "keep"  # digits is 8x8 grey as it is
+    c.data.num_train = c.data.num_test = 0  # sizes of generated datasets only
     if c.data.scale != "symmetric" and c.model.likelihood == "bernoulli":
         c.data.scale = "unit"
     c.model.hidden = (32,)
     c.model.conv_channels = (8, 16, 16)
+    if len(c.model.conv_strides) != 3:  # a deeper net (64x64 dSprites): 8x8 digits take 2, 2, 1
+        c.model.conv_strides = (2, 2, 1)
     c.train.batch_size = 100
     c.train.num_epochs = 3
     c.train.eval_every_epochs = 1
