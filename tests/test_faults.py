@@ -6,6 +6,7 @@ re-run that must end where an uninterrupted run ends, with every epoch logged on
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
 import shutil
@@ -81,13 +82,18 @@ def _one_error_line(stderr: str) -> str:
     return errors[0]
 
 
+# Random kills per run of the test; each costs two process starts. 8 in the default suite (CI),
+# e.g. VAE_JAX_FAULT_KILLS=20 for a longer soak.
+KILLS = int(os.environ.get("VAE_JAX_FAULT_KILLS", "8"))
+
+
 @pytest.mark.slow
-def test_twenty_random_sigkills_each_rerun_ends_bit_for_bit(reference, tmp_path):
+def test_random_sigkills_each_rerun_ends_bit_for_bit(reference, tmp_path):
     t0 = time.perf_counter()
     _run(tmp_path / "timing")
     whole = time.perf_counter() - t0
     rng = random.Random(0)
-    for i in range(20):
+    for i in range(KILLS):
         wd = tmp_path / f"kill{i}"
         p = subprocess.Popen(_cmd(wd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.2, whole))
@@ -316,7 +322,7 @@ def test_bad_paths_and_states_are_one_line(trained, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_at_a_checkpoint_with_one_line_and_the_rerun_resumes(tmp_path):
-    longer = "--config.train.num_epochs=300"  # long enough that the interrupt lands mid-training
+    longer = "--config.train.num_epochs=100"  # long enough that the interrupt lands mid-training
     straight, wd = tmp_path / "straight", tmp_path / "run"
     _run(straight, longer)
     p = subprocess.Popen(_cmd(wd, longer), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

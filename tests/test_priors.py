@@ -141,7 +141,7 @@ def test_monte_carlo_kl_matches_closed_form_for_one_gaussian_component(standard)
     np.testing.assert_allclose(t["kl"], closed.sum(-1), atol=6 * se.sum(-1).max() + 1e-3)
     np.testing.assert_allclose(t["kl"], np.asarray(t["kl_per_dim"]).sum(-1), rtol=1e-5)
     np.testing.assert_allclose(t["elbo"], np.asarray(t["log_w"]).mean(0), rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(t["recon"], 4 * math.log(1 + math.exp(0.0)), rtol=1e-6)
+    np.testing.assert_allclose(t["recon"], 4 * math.log(1 + math.exp(0.0)), rtol=1e-5)  # a float32 mean of 40,000 terms
 
 
 def test_prior_samples_come_from_the_learned_mixture(mog):
