@@ -58,7 +58,8 @@ class PriorState:
 def build(cfg: Config) -> pixelcnn.GatedPixelCNN:
     v = cfg.model.vqvae
     return pixelcnn.GatedPixelCNN(v.prior_channels, v.prior_layers, v.prior_kernel,
-                                  out_features=v.num_codes, num_classes=v.num_codes)
+                                  out_features=v.num_codes, num_classes=v.num_codes,
+                                  conv_impl=cfg.model.conv_impl)
 
 
 def optimizer(cfg: Config) -> optax.GradientTransformation:

@@ -34,6 +34,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "ar
             "dsprites_generated")  # and any TFDS name
 GENERATED = ("dsprites_generated",)  # rendered by vae_jax.data; num_train / num_test size them
 CONV_HEADS = ("conv", "transpose")
+CONV_IMPLS = ("auto", "xla", "canonical", "patches")  # vae_jax.conv
 TC_OBJECTIVES = ("beta_tcvae", "factorvae")  # need a single Gaussian latent layer ('vae')
 TC_ESTIMATORS = ("mws", "mss")  # beta_tcvae: minibatch-weighted / minibatch-stratified sampling
 DCI_MODELS = ("gbt", "forest")  # importance model of the DCI evaluator
@@ -169,6 +170,10 @@ class ModelConfig:
     # conv decoder output: 'conv' = a 3×3 conv after the last transposed conv; 'transpose' = the
     # last transposed conv gives the likelihood parameters (Burgess et al. 2018)
     conv_head: str = "conv"
+    # how convolutions are computed (vae_jax.conv): 'auto' picks by platform ('patches' on CPU,
+    # 'xla' on GPU/TPU); 'xla', 'canonical' and 'patches' share parameters, so a checkpoint
+    # moves between them
+    conv_impl: str = "auto"
     latent_dim: int = 20  # vae/cvae/ae/dae: size of z; vqvae: number of code vectors per image
     activation: str = "relu"
     init: str = "lecun"  # 'torch' reproduces PyTorch nn.Linear / nn.Conv2d initialisation
@@ -217,6 +222,7 @@ class ModelConfig:
         _positive_ints("model.conv_strides", self.conv_strides)
         _positive_ints("model.conv_dense", self.conv_dense, allow_empty=True)
         _choice("model.conv_head", self.conv_head, CONV_HEADS)
+        _choice("model.conv_impl", self.conv_impl, CONV_IMPLS)
         if len(self.conv_strides) != len(self.conv_channels):
             _fail("model.conv_strides", self.conv_strides,
                   f"needs one stride per conv layer ({len(self.conv_channels)})")

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import conv
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
@@ -131,6 +133,7 @@ class ConvEncoder(nn.Module):
     activation: str = "relu"
     init: str = "lecun"
     dense: Sequence[int] = ()
+    conv_impl: str = "auto"  # vae_jax.conv.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -138,6 +141,7 @@ class ConvEncoder(nn.Module):
         for ch, s in zip(self.channels, self.strides):
             k = 4 if s == 2 else 3
             x = act(nn.Conv(ch, (k, k), strides=(s, s), padding="SAME",
+                            conv_general_dilated=conv.conv_general_dilated(self.conv_impl),
                             **_conv_kwargs(self.init, k * k * x.shape[-1]))(x))
         x = x.reshape(x.shape[0], -1)
         for width in self.dense:
@@ -160,17 +164,20 @@ class ConvDecoder(nn.Module):
     init: str = "lecun"
     dense: Sequence[int] = ()
     head: str = "conv"
+    conv_impl: str = "auto"  # vae_jax.conv.IMPLS
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
+        impl = conv.conv_general_dilated(self.conv_impl)
         down = 2 ** sum(1 for s in self.strides if s == 2)
         h, w = self.image_hw
         if h % down or w % down:
             raise ValueError(f"image size {h}x{w} is not divisible by the conv downsampling {down}")
         ch = list(reversed(self.channels))
         if z.ndim == 4:
-            x = act(nn.Conv(ch[0], (3, 3), padding="SAME", **_conv_kwargs(self.init, 9 * z.shape[-1]))(z))
+            x = act(nn.Conv(ch[0], (3, 3), padding="SAME", conv_general_dilated=impl,
+                            **_conv_kwargs(self.init, 9 * z.shape[-1]))(z))
         else:
             for width in reversed(tuple(self.dense)):
                 z = act(Dense(width, self.init)(z))
@@ -179,12 +186,12 @@ class ConvDecoder(nn.Module):
         last = self.out_channels if self.head == "transpose" else ch[-1]
         for i, (out_ch, s) in enumerate(zip(ch[1:] + [last], reversed(self.strides))):
             k = 4 if s == 2 else 3
-            x = nn.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME",
-                                 **_conv_kwargs(self.init, k * k * x.shape[-1]))(x)
+            x = conv.ConvTranspose(out_ch, (k, k), strides=(s, s), padding="SAME", impl=self.conv_impl,
+                                   **_conv_kwargs(self.init, k * k * x.shape[-1]))(x)
             if self.head == "transpose" and i == len(ch) - 1:
                 return x
             x = act(x)
-        return nn.Conv(self.out_channels, (3, 3), padding="SAME",
+        return nn.Conv(self.out_channels, (3, 3), padding="SAME", conv_general_dilated=impl,
                        **_conv_kwargs(self.init, 9 * x.shape[-1]))(x)
 
 

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax import conv
+
 
 def raster_mask(kh: int, kw: int, mask_type: str) -> np.ndarray:
     """[kh, kw] mask of a PixelCNN kernel: 1 at the offsets before the centre in raster order,
@@ -64,6 +66,7 @@ class MaskedConv(nn.Module):
 
     features: int
     mask: tuple[tuple[float, ...], ...]
+    conv_impl: str = "auto"  # vae_jax.conv.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,8 +76,7 @@ class MaskedConv(nn.Module):
                             (kh, kw, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         k = (kernel * mask[:, :, None, None]).astype(x.dtype)
-        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv.conv2d(x, k, (1, 1), "SAME", impl=self.conv_impl)
         return y + bias.astype(x.dtype)
 
 
@@ -94,13 +96,16 @@ class GatedLayer(nn.Module):
     channels: int
     kernel: int = 3
     first: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, v: jax.Array, h: jax.Array, cond: jax.Array | None
                  ) -> tuple[jax.Array, jax.Array]:
         c2 = 2 * self.channels
-        v_pre = MaskedConv(c2, _mask(vertical_mask(self.kernel, not self.first)), name="vertical")(v)
-        h_pre = MaskedConv(c2, _mask(horizontal_mask(self.kernel, not self.first)), name="horizontal")(h)
+        v_pre = MaskedConv(c2, _mask(vertical_mask(self.kernel, not self.first)), self.conv_impl,
+                           name="vertical")(v)
+        h_pre = MaskedConv(c2, _mask(horizontal_mask(self.kernel, not self.first)), self.conv_impl,
+                           name="horizontal")(h)
         h_pre = h_pre + nn.Dense(c2, name="v_to_h")(v_pre)
         if cond is not None:
             cv = nn.Dense(c2, name="cond_v")(cond)
@@ -125,6 +130,7 @@ class GatedPixelCNN(nn.Module):
     kernel: int = 3
     out_features: int = 1
     num_classes: int = 0
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array | None = None) -> jax.Array:
@@ -132,7 +138,8 @@ class GatedPixelCNN(nn.Module):
             x = jax.nn.one_hot(x, self.num_classes, dtype=jnp.float32)
         v = h = x
         for i in range(self.layers):
-            v, h = GatedLayer(self.channels, self.kernel, first=i == 0, name=f"layer{i}")(v, h, cond)
+            v, h = GatedLayer(self.channels, self.kernel, first=i == 0, conv_impl=self.conv_impl,
+                              name=f"layer{i}")(v, h, cond)
         out = nn.elu(nn.Dense(self.channels, name="head")(nn.elu(h)))
         return nn.Dense(self.out_features, name="logits")(out)
 

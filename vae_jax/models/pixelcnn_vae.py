@@ -53,7 +53,8 @@ class PixelCNNVAE(nn.Module):
         self.encoder = vae.make_encoder(self.cfg)
         self.posterior = networks.Dense(2 * self.cfg.latent_dim, self.cfg.init)
         self.decoder = pixelcnn.GatedPixelCNN(p.channels, p.layers, p.kernel,
-                                              out_features=self.image_shape[-1])
+                                              out_features=self.image_shape[-1],
+                                              conv_impl=self.cfg.conv_impl)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(μ, log σ²) of q(z|x), each [B, latent_dim]."""

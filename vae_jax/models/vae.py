@@ -19,7 +19,7 @@ from vae_jax.models.base import Auxiliary, Family, register
 def make_encoder(cfg: ModelConfig) -> nn.Module:
     if cfg.network == "conv":
         return networks.ConvEncoder(cfg.conv_channels, cfg.conv_strides, cfg.activation, cfg.init,
-                                    cfg.conv_dense)
+                                    cfg.conv_dense, cfg.conv_impl)
     return networks.MLP(cfg.hidden, cfg.activation, cfg.init)
 
 
@@ -27,7 +27,8 @@ def make_decoder(cfg: ModelConfig, image_shape: tuple[int, int, int], out_channe
     hw = tuple(image_shape[:2])
     if cfg.network == "conv":
         return networks.ConvDecoder(cfg.conv_channels, cfg.conv_strides, hw, out_channels,
-                                    cfg.activation, cfg.init, cfg.conv_dense, cfg.conv_head)
+                                    cfg.activation, cfg.init, cfg.conv_dense, cfg.conv_head,
+                                    cfg.conv_impl)
     return networks.MLPDecoder(tuple(reversed(cfg.hidden)), hw, out_channels, cfg.activation, cfg.init)
 
 
