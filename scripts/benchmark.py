@@ -11,6 +11,16 @@ the median only if ``--epochs`` is 1. The epoch runs as training does: over a ('
 also gives the achieved FLOP/s (XLA's count of one step's FLOPs x steps / s per epoch) against
 the device's measured matmul peak (a timed ``--peak_size`` square float32 matmul).
 
+Beside each compiled epoch it times the same training step jitted alone, called once per batch
+from Python with the state donated, over the same batches (``step_alone_ms`` against
+``epoch_ms_per_step``; the two alternate). ``--torch PYTHON`` also times the config's conv VAE
+in PyTorch eager (``scripts/torch_reference.py``, run by that interpreter, e.g. a separate
+virtual environment with torch) in the same run; ``--conv_impl`` overrides
+``model.conv_impl``::
+
+    python scripts/benchmark.py --config configs/fashion_conv.py --synthetic --num_train 1280 \
+        --epochs 3 --torch ../torchvenv/bin/python
+
 Scaling over devices, each count in its own process (on CPU with that many fake devices,
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX starts: the
 fake devices share the host's cores, so this checks the sharded program, not a speed-up; on a
@@ -154,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--devices", default="", help="scaling mode: device counts, e.g. 1,2,4,8")
     p.add_argument("--mesh_data", type=int, default=0, help="devices on the data axis (0: all)")
     p.add_argument("--inputs", default="", help="compare input paths: any of device_f32,device_u8,stream")
+    p.add_argument("--num_train", type=int, default=0, help="synthetic training images (0: the dataset's)")
+    p.add_argument("--conv_impl", default="", help="override model.conv_impl")
+    p.add_argument("--torch", default="", help="a Python with torch: time the conv VAE in PyTorch eager too")
     p.add_argument("--peak_size", type=int, default=0,
                    help="matrix size of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 otherwise)")
     a = p.parse_args(argv)
@@ -171,11 +184,16 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=a.batch_size))
         if a.mesh_data:
             cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=a.mesh_data))
+        if a.conv_impl:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, conv_impl=a.conv_impl))
+            cfg.model.validate()
         if a.epochs < 1:
             raise config_lib.ConfigError(f"--epochs={a.epochs}: must be >= 1")
         if a.synthetic:
-            shapes = {"digits": (1500, 8, 8, 1)}
+            shapes = {"digits": (1500, 8, 8, 1), "cifar10": (50000, 32, 32, 3),
+                      "dsprites_generated": (4800, 64, 64, 1)}
             n, *hw = shapes.get(cfg.data.name, (60000, 28, 28, 1))
+            n = a.num_train or n
             rng = np.random.default_rng(0)
             imgs = rng.random((n, *hw), dtype=np.float32)
             labels = rng.integers(0, 10, n).astype(np.int32)
@@ -209,15 +227,29 @@ def main(argv=None) -> int:
         fn = jax.jit(exp.train_epoch, in_shardings=ins, out_shardings=outs, donate_argnums=0).lower(
             state, hp, images, labels, jnp.int32(0), exp.data_key()).compile()
     compile_s = time.perf_counter() - t
-    times = []
+    step_fn = jax.jit(functools.partial(exp.train_step, steps_per_epoch=steps), donate_argnums=0)
+    step_state = jax.jit(exp.init_state, out_shardings=state_sh)()
+    times, step_times = [], []
     for e in range(a.epochs):
         t = time.perf_counter()
         state, m = fn(state, hp, images, labels, jnp.int32(e), exp.data_key())
         loss = float(np.mean(jax.device_get(m["loss"])))
         times.append(time.perf_counter() - t)
+        # the same step jitted alone, once per batch of the same epoch order, from Python
+        idx = data.epoch_order(exp.data_key(), jnp.int32(e), images.shape[0], cfg.train.batch_size)
+        batches = [{"image": images[i]} | ({} if labels is None else {"label": labels[i]}) for i in idx]
+        jax.block_until_ready(batches)
+        t = time.perf_counter()
+        for b in batches:
+            step_state, sm = step_fn(step_state, b, hp)
+        jax.block_until_ready(sm)
+        step_times.append(time.perf_counter() - t)
         print(f"epoch {e + 1}: {times[-1]:.3f} s  {steps * cfg.train.batch_size / times[-1]:,.0f} img/s"
-              f"  loss {loss:.2f}", flush=True)
+              f"  loss {loss:.2f}  | step alone {1000 * step_times[-1] / steps:.1f} ms/step"
+              f"  epoch {1000 * times[-1] / steps:.1f} ms/step", flush=True)
     s_epoch = statistics.median(times[1:] if len(times) > 1 else times)
+    s_alone = statistics.median(step_times[1:] if len(step_times) > 1 else step_times)
+    torch_ms = torch_step_ms(a.torch, cfg, ds.image_shape, steps) if a.torch else None
     peak = matmul_peak(a.peak_size or (2048 if jax.default_backend() == "cpu" else 8192))
     n_dev = devices["devices"]
     out = {
@@ -229,6 +261,13 @@ def main(argv=None) -> int:
         "s_per_epoch_median": round(s_epoch, 4),
         "images_per_s": round(steps * cfg.train.batch_size / s_epoch, 1),
         "epochs_timed": a.epochs,
+        "conv_impl": cfg.model.conv_impl,
+        "epoch_ms_per_step": round(1000 * s_epoch / steps, 2),
+        "step_alone_ms": round(1000 * s_alone / steps, 2),
+        "epoch_over_step_alone": round(s_epoch / s_alone, 3),
+        **({} if torch_ms is None else {
+            "torch_eager_ms_per_step": round(torch_ms, 2),
+            "speed_vs_torch_eager": round(torch_ms / (1000 * s_epoch / steps), 3)}),
         "devices": n_dev,
         "mesh": devices["mesh"],
         "per_device_batch_size": devices["per_device_batch_size"],
@@ -248,6 +287,37 @@ def main(argv=None) -> int:
 
 
 INPUTS = ("device_f32", "device_u8", "stream")
+
+
+def torch_spec(cfg: config_lib.Config, image_shape, steps: int) -> dict:
+    """What ``scripts/torch_reference.py`` builds: the config's conv layer shapes."""
+    from vae_jax import likelihoods
+
+    m = cfg.model
+    per = likelihoods.from_config(m).params_per_channel
+    return {"image_shape": list(image_shape), "channels": list(m.conv_channels),
+            "strides": list(m.conv_strides), "dense": list(m.conv_dense), "head": m.conv_head,
+            "latent": m.latent_dim, "out_channels": per * image_shape[2], "likelihood": m.likelihood,
+            "sigma": m.sigma, "batch_size": cfg.train.batch_size, "steps": min(steps, 20),
+            "learning_rate": cfg.optim.learning_rate, "threads": os.cpu_count()}
+
+
+def torch_step_ms(python: str, cfg: config_lib.Config, image_shape, steps: int) -> float | None:
+    """Median ms per training step of the same conv VAE in PyTorch eager (None, with a line on
+    stderr, when the config is not a conv VAE or the interpreter cannot run it)."""
+    if cfg.model.network != "conv" or cfg.model.family != "vae":
+        print("--torch: the PyTorch reference mirrors the conv VAE family only", file=sys.stderr)
+        return None
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+    r = subprocess.run([python, script], input=json.dumps(torch_spec(cfg, image_shape, steps)),
+                       capture_output=True, text=True)
+    if r.returncode:
+        print(f"--torch {python}: failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"PyTorch {out['torch']} eager ({out['threads']} threads): "
+          f"{statistics.median(out['ms_per_step']):.1f} ms/step", flush=True)
+    return statistics.median(out["ms_per_step"])
 
 
 def _emit(out: dict, path: str) -> None:
