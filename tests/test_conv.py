@@ -1,6 +1,6 @@
 """Convolution implementations (vae_jax.conv): each equals lax.conv_general_dilated on the same
 weights, forward and both gradients; the parameter trees do not depend on the implementation;
-inside a scanned epoch every convolution of 'patches' keeps the layout XLA:CPU runs with Eigen."""
+inside a scanned epoch every convolution of 'subpixel' keeps the layout XLA:CPU runs with Eigen."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from conftest import tiny
 from vae_jax import config as config_lib
 from vae_jax import conv, experiment, networks, pixelcnn
 
-IMPLS = ("canonical", "patches")
+IMPLS = ("canonical", "subpixel")
 
 # (x shape, kernel shape, strides, padding, input dilation): the layers the networks build and
 # the cases around them (odd sizes, uneven padding, VALID, a transposed conv whose output phases
-# are uneven, which 'patches' computes on the dilated input instead)
+# are uneven, which 'subpixel' computes on the dilated input instead)
 CASES = [
     ((3, 28, 28, 1), (4, 4, 1, 8), (2, 2), "SAME", (1, 1)),
     ((3, 14, 14, 8), (3, 3, 8, 6), (1, 1), "SAME", (1, 1)),
@@ -85,8 +85,9 @@ def test_networks_share_parameters_and_outputs_across_implementations(head):
     for impl in ("xla",) + IMPLS:
         enc = networks.ConvEncoder((4, 8), (2, 2), dense=(16,), conv_impl=impl)
         dec = networks.ConvDecoder((4, 8), (2, 2), (16, 16), 1, dense=(16,), head=head, conv_impl=impl)
-        pe = enc.init(jax.random.key(1), x)
-        pd = dec.init(jax.random.key(2), enc.apply(pe, x))
+        # Module.init by name: the networks' `init` field (the initialiser's name) shadows it
+        pe = nn.Module.init(enc, jax.random.key(1), x)
+        pd = nn.Module.init(dec, jax.random.key(2), enc.apply(pe, x))
         trees[impl] = (pe, pd)
 
         def loss(params):
@@ -104,7 +105,7 @@ def test_networks_share_parameters_and_outputs_across_implementations(head):
 def test_masked_conv_of_the_pixelcnn_follows_the_implementation():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     mask = pixelcnn._mask(pixelcnn.vertical_mask(3, True))
-    ref, ours = pixelcnn.MaskedConv(4, mask, "xla"), pixelcnn.MaskedConv(4, mask, "patches")
+    ref, ours = pixelcnn.MaskedConv(4, mask, "xla"), pixelcnn.MaskedConv(4, mask, "subpixel")
     p = ref.init(jax.random.key(1), x)
     jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(1), x), p)
     g_ref = jax.grad(lambda p: jnp.sum(ref.apply(p, x) ** 2))(p)
@@ -116,7 +117,7 @@ def test_masked_conv_of_the_pixelcnn_follows_the_implementation():
 
 
 def test_auto_picks_by_platform_and_bad_names_are_refused():
-    assert conv.resolve("auto", "cpu") == "patches"
+    assert conv.resolve("auto", "cpu") == "subpixel"
     assert conv.resolve("auto", "gpu") == conv.resolve("auto", "tpu") == "xla"
     assert conv.resolve("canonical", "gpu") == "canonical"
     with pytest.raises(config_lib.ConfigError, match="model.conv_impl"):
@@ -131,12 +132,14 @@ def _conv_dim_labels(hlo: str) -> list[str]:
 def test_scanned_epoch_keeps_every_convolution_in_the_eigen_layout():
     """XLA:CPU runs a convolution with Eigen only in the layout NHWC × HWIO -> NHWC; its own pass
     that transposes other layouts into it visits the entry computation only, so a gradient
-    convolution inside the scanned epoch's loop would fall back to a naive loop. With 'patches'
-    every convolution of the compiled epoch, loop body included, has that layout."""
-    cfg = tiny("fashion_conv", model=dict(conv_impl="patches"))
-    exp = experiment.Experiment.build(cfg, (8, 8, 1))
+    convolution inside the scanned epoch's loop would fall back to a naive loop. With 'subpixel'
+    every convolution of the compiled epoch, loop body included, has that layout. (On 28×28
+    images: XLA swaps a convolution's operands, whatever the implementation, when its window is
+    larger than its input, as on the 2×2 maps of the 8×8 digits.)"""
+    cfg = tiny("fashion_conv", model=dict(conv_impl="subpixel"))
+    exp = experiment.Experiment.build(cfg, (28, 28, 1))
     state = jax.eval_shape(exp.init_state)
-    images = jax.ShapeDtypeStruct((300, 8, 8, 1), jnp.float32)
+    images = jax.ShapeDtypeStruct((300, 28, 28, 1), jnp.float32)
     labels = jax.ShapeDtypeStruct((300,), jnp.int32)
     hlo = jax.jit(exp.train_epoch).lower(state, experiment.hyperparams(cfg), images, labels,
                                          jnp.int32(0), exp.data_key()).compile().as_text()

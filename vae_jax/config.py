@@ -34,7 +34,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "folder", "ar
             "dsprites_generated")  # and any TFDS name
 GENERATED = ("dsprites_generated",)  # rendered by vae_jax.data; num_train / num_test size them
 CONV_HEADS = ("conv", "transpose")
-CONV_IMPLS = ("auto", "xla", "canonical", "patches")  # vae_jax.conv
+CONV_IMPLS = ("auto", "xla", "canonical", "subpixel")  # vae_jax.conv
 TC_OBJECTIVES = ("beta_tcvae", "factorvae")  # need a single Gaussian latent layer ('vae')
 TC_ESTIMATORS = ("mws", "mss")  # beta_tcvae: minibatch-weighted / minibatch-stratified sampling
 DCI_MODELS = ("gbt", "forest")  # importance model of the DCI evaluator
@@ -170,8 +170,8 @@ class ModelConfig:
     # conv decoder output: 'conv' = a 3×3 conv after the last transposed conv; 'transpose' = the
     # last transposed conv gives the likelihood parameters (Burgess et al. 2018)
     conv_head: str = "conv"
-    # how convolutions are computed (vae_jax.conv): 'auto' picks by platform ('patches' on CPU,
-    # 'xla' on GPU/TPU); 'xla', 'canonical' and 'patches' share parameters, so a checkpoint
+    # how convolutions are computed (vae_jax.conv): 'auto' picks by platform ('subpixel' on CPU,
+    # 'xla' on GPU/TPU); 'xla', 'canonical' and 'subpixel' share parameters, so a checkpoint
     # moves between them
     conv_impl: str = "auto"
     latent_dim: int = 20  # vae/cvae/ae/dae: size of z; vqvae: number of code vectors per image

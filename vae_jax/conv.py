@@ -11,12 +11,13 @@ same parameters, so a checkpoint moves between them.
   exactly these transposes, but only for convolutions in the program's entry computation: a
   gradient convolution inside a ``while`` body (a ``lax.scan`` training epoch) keeps its
   permuted dimension numbers and falls back to XLA:CPU's naive loop emitter.
-- ``'patches'``: ``'canonical'`` whose kernel gradient is one matmul of image patches against
-  the output gradient, ``[kh·kw·C, N·H'·W'] @ [N·H'·W', O]``, instead of a convolution whose
-  window is the whole feature map (Chellapilla et al. 2006, "High Performance Convolutional
-  Neural Networks for Document Processing"; the im2col lowering of Caffe and oneDNN).
-- ``'auto'``: the fastest measured on the platform (``resolve``): ``'patches'`` on CPU,
-  ``'xla'`` on GPU and TPU.
+- ``'subpixel'``: ``'canonical'``, with every transposed convolution (input dilation d, unit
+  stride) split into its d_h·d_w output phases: each phase is a stride-1 convolution of the
+  undilated input with the kernel taps that reach it, the phases interleaved by depth-to-space
+  (the sub-pixel convolution of Shi et al. 2016, "Real-Time Single Image and Video
+  Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network"). Neither the
+  forward pass nor the kernel gradient multiplies the dilation's zeros.
+- ``'auto'``: ``'subpixel'`` on CPU, ``'xla'`` on GPU and TPU (``resolve``).
 
 Every implementation equals ``lax.conv_general_dilated`` on the same weights within float32
 rounding, forward and both gradients (``tests/test_conv.py``).
@@ -37,12 +38,12 @@ _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve(impl: str, platform: str | None = None) -> str:
-    """'auto' -> 'patches' on CPU, 'xla' elsewhere; any other name passes through."""
+    """'auto' -> 'subpixel' on CPU, 'xla' elsewhere; any other name passes through."""
     if impl not in IMPLS:
         raise ValueError(f"unknown convolution implementation {impl!r}; choose one of {IMPLS}")
     if impl != "auto":
         return impl
-    return "patches" if (platform or jax.default_backend()) == "cpu" else "xla"
+    return "subpixel" if (platform or jax.default_backend()) == "cpu" else "xla"
 
 
 def _dilate(n: int, d: int) -> int:
@@ -65,38 +66,54 @@ def _conv(x, w, strides, padding, lhs_dilation, precision, preferred):
                                     preferred_element_type=preferred)
 
 
-def _subpixel(x, w, padding, lhs_dilation, precision):
-    """A stride-1 convolution of the d-dilated x as d_h·d_w convolutions of x itself, one per
-    output phase r (outputs d·p + r), each with the kernel taps k ≡ lo − r (mod d), interleaved
-    by depth-to-space: the sub-pixel convolution of Shi et al. 2016 ("Real-Time Single Image and
-    Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network"), which
-    skips the products with the dilation's zeros. None when the phases are uneven."""
-    n, h, wd, c = x.shape
-    out_hw = [_dilate(m, d) + lo + hi - k + 1 for m, d, (lo, hi), k
-              in zip((h, wd), lhs_dilation, padding, w.shape[:2])]
-    if any(o % d for o, d in zip(out_hw, lhs_dilation)):
-        return None
-    per_dim = []  # per spatial dim: for each phase r, (first tap, x padding (lo, hi))
-    for m, d, (lo, _), k, o in zip((h, wd), lhs_dilation, padding, w.shape[:2], out_hw):
+def _phases(x_hw, k_hw, padding, lhs_dilation):
+    """The output phases of a stride-1 convolution of the d-dilated input, per spatial dim: for
+    each phase r (outputs d·p + r), (r, first tap k0, taps, padding of the undilated x). The
+    phase reads the taps k ≡ lo − r (mod d). None when the phases are uneven or one is empty."""
+    per_dim = []
+    for m, d, (lo, hi), k in zip(x_hw, lhs_dilation, padding, k_hw):
+        o = _dilate(m, d) + lo + hi - k + 1
+        if o % d:
+            return None
         phases = []
         for r in range(d):
             k0 = (lo - r) % d
             taps = len(range(k0, k, d))
             if taps == 0:
                 return None
-            first = (r + k0 - lo) // d  # x index of tap k0 at p = 0
-            phases.append((k0, (-first, o // d + taps - 1 - m + first)))
+            first = (r + k0 - lo) // d  # the x index tap k0 reads at p = 0
+            phases.append((r, k0, taps, (-first, o // d + taps - 1 - m + first)))
         per_dim.append(phases)
-    d_h, d_w = lhs_dilation
+    return per_dim
+
+
+def _pad_hw(x, ph, pw):
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
+
+
+def _subpixel(x, w, phases, lhs_dilation, precision):
+    """The transposed convolution's output: one stride-1 convolution per phase, interleaved."""
+    (d_h, d_w), (n, h, wd, _) = lhs_dilation, x.shape
     rows = []
-    for k0h, ph in per_dim[0]:
-        cols = []
-        for k0w, pw in per_dim[1]:
-            xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
-            cols.append(_conv(xp, w[k0h::d_h, k0w::d_w], (1, 1), "VALID", (1, 1), precision, None))
+    for _, k0h, _, ph in phases[0]:
+        cols = [_conv(_pad_hw(x, ph, pw), w[k0h::d_h, k0w::d_w], (1, 1), "VALID", (1, 1), precision, None)
+                for _, k0w, _, pw in phases[1]]
         rows.append(jnp.stack(cols, axis=3))  # [N, P, Q, d_w, O]
     y = jnp.stack(rows, axis=2)  # [N, P, d_h, Q, d_w, O]
-    return y.reshape(n, out_hw[0], out_hw[1], w.shape[-1])
+    return y.reshape(n, y.shape[1] * d_h, y.shape[3] * d_w, w.shape[-1])
+
+
+def _subpixel_kernel_grad(x, g, k_hw, phases, lhs_dilation, precision):
+    """dL/dw of the transposed convolution: each phase's taps get the canonical kernel gradient
+    of that phase's stride-1 convolution."""
+    d_h, d_w = lhs_dilation
+    dw = jnp.zeros((*k_hw, x.shape[-1], g.shape[-1]), x.dtype)
+    for rh, k0h, th, ph in phases[0]:
+        for rw, k0w, tw, pw in phases[1]:
+            sub = _kernel_grad_conv(_pad_hw(x, ph, pw), g[:, rh::d_h, rw::d_w], (th, tw), (1, 1),
+                                    ((0, 0), (0, 0)), (1, 1), precision)
+            dw = dw.at[k0h::d_h, k0w::d_w].set(sub)
+    return dw
 
 
 def _input_grad(g, w, x_hw, strides, padding, lhs_dilation, precision):
@@ -126,63 +143,33 @@ def _kernel_grad_conv(x, g, k_hw, strides, padding, lhs_dilation, precision):
     return jnp.transpose(dw, (1, 2, 0, 3))
 
 
-def _patches(x, k_hw, strides, padding):
-    """[N, H', W', kh·kw·C] windows of x (padded), ordered (kh, kw, C) like an HWIO kernel
-    flattened over its first three axes: kh·kw strided slices, no convolution."""
-    n, h, w, c = x.shape
-    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    (sh, sw), (kh, kw) = strides, k_hw
-    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    cols = [lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c),
-                      (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(cols, axis=-1)
-
-
-def _kernel_grad_patches(x, g, k_hw, padding, lhs_dilation, precision):
-    """dL/dw of a transposed convolution (input dilation d, stride 1) as one matmul. It puts
-    x[i] into outputs d·i + lo − k, so x [N·H·W, C]ᵀ @ the windows of the output gradient taken
-    with stride d [N·H·W, kh·kw·O] is the kernel spatially reversed; the dilation's zeros never
-    enter a product (a convolution over the dilated x multiplies them all)."""
-    kh, kw = k_hw
-    pads = []
-    for n, k, (lo, _), d, o in zip(x.shape[1:3], k_hw, padding, lhs_dilation, g.shape[1:3]):
-        before = k - 1 - lo  # the reversed tap k' = k − 1 − k reads output d·i + k' − before
-        pads.append((before, max(0, d * (n - 1) + k - before - o)))
-    p = _patches(g, k_hw, lhs_dilation, pads)[:, :x.shape[1], :x.shape[2]]
-    rows = x.shape[0] * x.shape[1] * x.shape[2]
-    dw = lax.dot_general(x.reshape(rows, -1), p.reshape(rows, -1), (((0,), (0,)), ((), ())),
-                         precision=precision)  # [C, kh·kw·O], taps reversed
-    dw = dw.reshape(x.shape[-1], kh, kw, g.shape[-1])[:, ::-1, ::-1]
-    return jnp.transpose(dw, (1, 2, 0, 3))
-
-
-def _transposed(kernel_grad: str, strides, lhs_dilation) -> bool:
-    """Whether 'patches' treats this convolution as a transposed one (sub-pixel forward, matmul
-    kernel gradient): input dilation with unit strides."""
-    return kernel_grad == "patches" and strides == (1, 1) and any(d > 1 for d in lhs_dilation)
+def _phases_of(impl: str, x_hw, k_hw, strides, padding, lhs_dilation):
+    """The output phases when 'subpixel' splits this convolution (a transposed one: input
+    dilation, unit strides), else None."""
+    if impl != "subpixel" or strides != (1, 1) or all(d == 1 for d in lhs_dilation):
+        return None
+    return _phases(x_hw, k_hw, padding, lhs_dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _custom(x, w, strides, padding, lhs_dilation, precision, kernel_grad):
-    return _custom_fwd(x, w, strides, padding, lhs_dilation, precision, kernel_grad)[0]
+def _custom(x, w, strides, padding, lhs_dilation, precision, impl):
+    return _custom_fwd(x, w, strides, padding, lhs_dilation, precision, impl)[0]
 
 
-def _custom_fwd(x, w, strides, padding, lhs_dilation, precision, kernel_grad):
-    y = None
-    if _transposed(kernel_grad, strides, lhs_dilation):
-        y = _subpixel(x, w, padding, lhs_dilation, precision)
-    if y is None:
-        y = _conv(x, w, strides, padding, lhs_dilation, precision, None)
-    return y, (x, w)
+def _custom_fwd(x, w, strides, padding, lhs_dilation, precision, impl):
+    phases = _phases_of(impl, x.shape[1:3], w.shape[:2], strides, padding, lhs_dilation)
+    if phases is not None:
+        return _subpixel(x, w, phases, lhs_dilation, precision), (x, w)
+    return _conv(x, w, strides, padding, lhs_dilation, precision, None), (x, w)
 
 
-def _custom_bwd(strides, padding, lhs_dilation, precision, kernel_grad, res, g):
+def _custom_bwd(strides, padding, lhs_dilation, precision, impl, res, g):
     x, w = res
     g = g.astype(x.dtype)
     dx = _input_grad(g, w, x.shape[1:3], strides, padding, lhs_dilation, precision)
-    if _transposed(kernel_grad, strides, lhs_dilation):
-        dw = _kernel_grad_patches(x, g, w.shape[:2], padding, lhs_dilation, precision)
+    phases = _phases_of(impl, x.shape[1:3], w.shape[:2], strides, padding, lhs_dilation)
+    if phases is not None:
+        dw = _subpixel_kernel_grad(x, g, w.shape[:2], phases, lhs_dilation, precision)
     else:
         dw = _kernel_grad_conv(x, g, w.shape[:2], strides, padding, lhs_dilation, precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -201,8 +188,7 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1), padding:
     if impl == "xla":
         return _conv(x, w, strides, padding, lhs_dilation, precision, None)
     pads = _pairs(padding, x.shape[1:3], w.shape[:2], strides, lhs_dilation)
-    return _custom(x, w, strides, pads, lhs_dilation, precision,
-                   "patches" if impl == "patches" else "conv")
+    return _custom(x, w, strides, pads, lhs_dilation, precision, impl)
 
 
 def conv_general_dilated(impl: str):
