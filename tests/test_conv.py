@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from conftest import tiny
+from conftest import replace, tiny
 from vae_jax import config as config_lib
 from vae_jax import conv, experiment, networks, pixelcnn
 
@@ -165,3 +165,16 @@ def test_training_step_matches_across_implementations():
         assert results[impl][0] == pytest.approx(results["xla"][0], rel=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      results[impl][1], results["xla"][1])
+
+
+def test_a_checkpoint_moves_between_implementations(tmp_path):
+    """A run trained with 'xla' evaluates under 'subpixel' (the setting is evaluation-free) to
+    the same test ELBO within float32 rounding."""
+    from vae_jax import evaluate, train
+
+    cfg = tiny("fashion_conv", model=dict(conv_impl="xla"), train=dict(num_epochs=1))
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    out = evaluate.evaluate_workdir(replace(cfg, model=dict(conv_impl="subpixel")), str(tmp_path))
+    assert out["step"] == summary["step"]
+    assert out["elbo"] == pytest.approx(summary["elbo"], rel=1e-5)
+

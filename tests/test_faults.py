@@ -243,6 +243,16 @@ def test_eval_uses_the_runs_own_config(trained):
     assert json.loads((wd / "eval.json").read_text())["elbo"] == summary["elbo"]  # nothing overwritten
 
 
+def test_a_config_file_without_get_config_after_a_good_one_is_refused(tmp_path):
+    """config_flags loads every --config file into the same module name; a file without
+    get_config() must not inherit the get_config() of the file an earlier call loaded."""
+    wd = f"--workdir={tmp_path / 'wd'}"
+    assert main.cli(["main", f"--config={QUICK}", "--config.train.batch_size=abc", wd]) == 2
+    noget = _write(tmp_path, "n.py", "X = 1\n")
+    assert main.cli(["main", f"--config={noget}", wd]) == 2
+    assert not (tmp_path / "wd").exists()
+
+
 def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)

@@ -386,3 +386,26 @@ def test_aggregate_names_missing_and_unfinished_runs_and_marks_single_seeds(tmp_
     # a member missing from a finished population run is named too
     shutil.rmtree(done / "members" / "beta=4,seed=0")
     assert aggregate.incomplete(str(tmp_path))[0] == "member beta=4,seed=0 of run done is unfinished (no summary.json)"
+
+
+def _record_with_exception_from(filename: str) -> logging.LogRecord:
+    code = compile("raise ValueError('OUT_OF_RANGE: Error reading')", filename, "exec")
+    try:
+        exec(code)
+    except ValueError:
+        info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1,
+                             "Future exception was never retrieved\nfuture: <Future finished>",
+                             None, info)
+
+
+def test_asyncio_reports_of_orbax_reads_left_unretrieved_are_dropped():
+    """A failed restore leaves Orbax's other array reads with exceptions nobody retrieves; asyncio
+    would print each with a traceback after the one-line warning. Only those are dropped."""
+    checkpoint._silence_orbax()
+    assert checkpoint._quiet_asyncio in logging.getLogger("asyncio").filters
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+    assert not checkpoint._quiet_asyncio(_record_with_exception_from(orbax_file))
+    assert checkpoint._quiet_asyncio(_record_with_exception_from(os.path.join(os.sep, "app", "mine.py")))
+    plain = logging.LogRecord("asyncio", logging.ERROR, "x.py", 1, "Executing <Task> took 0.2 s", None, None)
+    assert checkpoint._quiet_asyncio(plain)

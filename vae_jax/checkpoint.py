@@ -53,11 +53,26 @@ def _orbax_leftover(u) -> bool:
     return str(u.exc_value) == "Event loop is closed" or f"{os.sep}orbax{os.sep}" in where
 
 
+def _quiet_asyncio(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of a future or task whose exception nobody retrieved when the
+    exception came from Orbax's reads (the other arrays of a restore that already failed)."""
+    if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+        return True
+    tb = record.exc_info[2]
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return False
+        tb = tb.tb_next
+    return True
+
+
 def _silence_orbax() -> None:
     """Drops Orbax's log records from WARNING up and the errors its threads leave behind after a
     failed read (installed once per process): the restore reports what went wrong in one line."""
     if _quiet_orbax not in logging.getLogger("absl").filters:
         logging.getLogger("absl").addFilter(_quiet_orbax)
+    if _quiet_asyncio not in logging.getLogger("asyncio").filters:
+        logging.getLogger("asyncio").addFilter(_quiet_asyncio)
     if not getattr(sys.unraisablehook, "_vae_jax", False):
         previous = sys.unraisablehook
         sys.unraisablehook = hook = lambda u: _orbax_leftover(u) or previous(u)

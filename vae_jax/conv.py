@@ -199,7 +199,8 @@ def conv_general_dilated(impl: str):
            dimension_numbers=None, feature_group_count=1, precision=None, **kw):
         plain = (rhs_dilation is None or all(d == 1 for d in rhs_dilation)) and feature_group_count == 1
         dn = dimension_numbers
-        nhwc = dn is None or getattr(dn, "lhs_spec", None) == (0, 3, 1, 2) and dn.rhs_spec == (3, 2, 0, 1)
+        nhwc = dn is None or (getattr(dn, "lhs_spec", None), dn.rhs_spec, dn.out_spec) == (
+            (0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
         if lhs.ndim != 4 or not plain or not nhwc or kw.get("preferred_element_type") is not None:
             return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                             rhs_dilation, dimension_numbers, feature_group_count,

@@ -150,6 +150,10 @@ def cli(argv: list[str]) -> int:
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # a previous call's overrides
         delattr(flags.FLAGS, name)
+    # config_flags loads every --config file as the module 'config_config' with the legacy
+    # load_module, which executes a new file into the module already in sys.modules: a file
+    # without get_config() would silently reuse the previous call's
+    sys.modules.pop("config_config", None)
     saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides from sys.argv
     try:
         rest = _parse_flags(argv)
