@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vae_jax.config import CONV_IMPLS as IMPLS
+
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -60,10 +61,10 @@ def _pairs(padding: Any, in_hw: Sequence[int], k_hw: Sequence[int], strides: Seq
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _conv(x, w, strides, padding, lhs_dilation, precision, preferred):
+def _conv(x, w, strides, padding, lhs_dilation, precision):
+    """The one convolution layout XLA:CPU runs with Eigen: NHWC × HWIO -> NHWC."""
     return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dilation,
-                                    dimension_numbers=_DN, precision=precision,
-                                    preferred_element_type=preferred)
+                                    dimension_numbers=_DN, precision=precision)
 
 
 def _phases(x_hw, k_hw, padding, lhs_dilation):
@@ -93,14 +94,14 @@ def _pad_hw(x, ph, pw):
 
 def _subpixel(x, w, phases, lhs_dilation, precision):
     """The transposed convolution's output: one stride-1 convolution per phase, interleaved."""
-    (d_h, d_w), (n, h, wd, _) = lhs_dilation, x.shape
+    d_h, d_w = lhs_dilation
     rows = []
     for _, k0h, _, ph in phases[0]:
-        cols = [_conv(_pad_hw(x, ph, pw), w[k0h::d_h, k0w::d_w], (1, 1), "VALID", (1, 1), precision, None)
+        cols = [_conv(_pad_hw(x, ph, pw), w[k0h::d_h, k0w::d_w], (1, 1), "VALID", (1, 1), precision)
                 for _, k0w, _, pw in phases[1]]
         rows.append(jnp.stack(cols, axis=3))  # [N, P, Q, d_w, O]
     y = jnp.stack(rows, axis=2)  # [N, P, d_h, Q, d_w, O]
-    return y.reshape(n, y.shape[1] * d_h, y.shape[3] * d_w, w.shape[-1])
+    return y.reshape(x.shape[0], y.shape[1] * d_h, y.shape[3] * d_w, w.shape[-1])
 
 
 def _subpixel_kernel_grad(x, g, k_hw, phases, lhs_dilation, precision):
@@ -126,7 +127,7 @@ def _input_grad(g, w, x_hw, strides, padding, lhs_dilation, precision):
         after = _dilate(n, d) + k - 1 - _dilate(o, s) - before
         pads.append((before, after))
     w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-    return _conv(g, w_t, tuple(lhs_dilation), pads, tuple(strides), precision, None)
+    return _conv(g, w_t, tuple(lhs_dilation), pads, tuple(strides), precision)
 
 
 def _kernel_grad_conv(x, g, k_hw, strides, padding, lhs_dilation, precision):
@@ -160,7 +161,7 @@ def _custom_fwd(x, w, strides, padding, lhs_dilation, precision, impl):
     phases = _phases_of(impl, x.shape[1:3], w.shape[:2], strides, padding, lhs_dilation)
     if phases is not None:
         return _subpixel(x, w, phases, lhs_dilation, precision), (x, w)
-    return _conv(x, w, strides, padding, lhs_dilation, precision, None), (x, w)
+    return _conv(x, w, strides, padding, lhs_dilation, precision), (x, w)
 
 
 def _custom_bwd(strides, padding, lhs_dilation, precision, impl, res, g):
@@ -186,7 +187,7 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1), padding:
     impl = resolve(impl)
     strides, lhs_dilation = tuple(strides), tuple(lhs_dilation)
     if impl == "xla":
-        return _conv(x, w, strides, padding, lhs_dilation, precision, None)
+        return _conv(x, w, strides, padding, lhs_dilation, precision)
     pads = _pairs(padding, x.shape[1:3], w.shape[:2], strides, lhs_dilation)
     return _custom(x, w, strides, pads, lhs_dilation, precision, impl)
 
@@ -230,14 +231,16 @@ class ConvTranspose(nn.ConvTranspose):
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if (resolve(self.impl) == "xla" or self.transpose_kernel or self.padding not in ("SAME", "VALID")
-                or self.kernel_dilation not in (None, 1, (1, 1)) or inputs.ndim != 4):
+        if (resolve(self.impl) == "xla" or self.transpose_kernel or inputs.ndim != 4
+                or self.padding not in ("SAME", "VALID") or self.kernel_dilation not in (None, 1, (1, 1))):
             return super().__call__(inputs)
         kh, kw = self.kernel_size
-        sh, sw = (self.strides, self.strides) if isinstance(self.strides, int) else (self.strides or (1, 1))
+        strides = self.strides or (1, 1)
+        sh, sw = (strides, strides) if isinstance(strides, int) else strides
         kernel = self.param("kernel", self.kernel_init, (kh, kw, inputs.shape[-1], self.features),
                             self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         pads = (_transpose_padding(kh, sh, self.padding), _transpose_padding(kw, sw, self.padding))
         y = conv2d(inputs, kernel, (1, 1), pads, (sh, sw), self.impl, self.precision)
