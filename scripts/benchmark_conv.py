@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from vae_jax import config as config_lib
 from vae_jax import conv, experiment
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import load_config  # noqa: E402
 
 SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "dsprites_generated": (64, 64, 1)}
@@ -51,8 +52,6 @@ def conv_layers(cfg: config_lib.Config, image_shape) -> list[dict]:
                               "strides": tuple(eqn.params["window_strides"]),
                               "padding": tuple(tuple(p) for p in eqn.params["padding"]),
                               "dilation": tuple(eqn.params["lhs_dilation"])})
-            for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else ():
-                walk(sub)
             for v in eqn.params.values():
                 if hasattr(v, "jaxpr"):
                     walk(v.jaxpr)

@@ -287,9 +287,8 @@ def run(exp, ds: data.Dataset, params, step: int, epochs: int,
 
 
 # fields that may differ between training and ``--mode eval``: what to evaluate, where the raw
-# data lives, and how the run reports progress
-# settings that do not change what a run computes (model.conv_impl: the same convolutions to
-# float32 rounding), so an evaluation may take them from the given config
+# data lives, how the run reports progress, and how convolutions are computed (model.conv_impl:
+# the same convolutions to float32 rounding)
 _EVAL_FREE = ("eval.", "population.evaluators", "data.manual_dir", "data.data_dir", "train.progress",
               "train.figures", "mesh.", "model.conv_impl")
 
